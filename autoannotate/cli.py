@@ -1,0 +1,319 @@
+"""The ``autoannotate`` command line: options to settings, progress and summary, errors to exit codes.
+
+Exit codes: 0 every image done; 1 some images failed (each reported, the rest done); 2 bad usage, config, input,
+output or model; 3 internal error (a bug: rerun with --debug and report it); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autoannotate import __version__
+from autoannotate.config import build_settings, read_config_file
+from autoannotate.errors import AutoAnnotateError
+
+EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every image done; 1 some images failed (each reported, the rest done);"
+    " 2 bad usage, config, input, output or model; 3 internal error; 130 interrupted."
+)
+
+app = typer.Typer(
+    name="autoannotate",
+    help="Turn a folder of images into a ready-to-train YOLO instance-segmentation dataset "
+    "(YOLO boxes -> MobileSAM masks -> polygon labels).\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Shared option aliases. Defaults are None so that only what the user typed overrides the config file.
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Images: a directory (recursive), one image, a .txt list of paths, a quoted glob, or '-' for stdin.",
+        show_default=False,
+    ),
+]
+DetModelOpt = Annotated[
+    str | None, typer.Option("--det-model", help="YOLO detector: path or ultralytics asset name. [default: yolo11x.pt]")
+]
+SamModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sam-model",
+        help="MobileSAM (or SAM b/l) checkpoint: path or ultralytics asset name. [default: mobile_sam.pt]",
+    ),
+]
+ConfOpt = Annotated[float | None, typer.Option("--conf", help="Detector confidence threshold. [default: 0.25]")]
+IouOpt = Annotated[float | None, typer.Option("--iou", help="Detector NMS IoU threshold. [default: 0.45]")]
+ImgszOpt = Annotated[int | None, typer.Option("--imgsz", help="Detector input size, pixels. [default: 640]")]
+MaxDetOpt = Annotated[int | None, typer.Option("--max-det", help="Most detections per image. [default: 300]")]
+ClassesOpt = Annotated[
+    str | None, typer.Option("--classes", help="Keep only these classes: ids or names, comma-separated.")
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="'' auto (first GPU, else CPU), 'cpu', 'cuda:0' or '0'. [default: '']")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch", help="Images per step; 0 = the fastest default for the device. [default: 0]")
+]
+OutputDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output-dir",
+        help="Dataset root to write. [default: the parent of an 'images' dir holding --data, "
+        "else <data>_auto_annotate beside it]",
+        show_default=False,
+    ),
+]
+ToleranceOpt = Annotated[
+    float | None,
+    typer.Option("--tolerance", help="Polygon simplification in pixels; 0 = exact contour. [default: 1.0]"),
+]
+MinAreaOpt = Annotated[
+    float | None, typer.Option("--min-area", help="Drop mask parts smaller than this many pixels. [default: 0]")
+]
+PolygonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--polygon",
+        help="merge: one polygon per mask, parts and holes joined by zero-width cuts; largest: the largest part; "
+        "split: one line per part. [default: merge]",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML file with any of these options; command-line flags override it."),
+]
+OverwriteOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--overwrite/--no-overwrite",
+        help="Replace label files and data.yaml that autoannotate did not write. [default: no-overwrite]",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool | None,
+    typer.Option("--json/--no-json", help="JSON lines on stdout: one per image, then a summary.", show_default=False),
+]
+QuietOpt = Annotated[
+    bool | None, typer.Option("--quiet/--no-quiet", "-q", help="Print errors only.", show_default=False)
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"autoannotate {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Turn a folder of images into a ready-to-train YOLO instance-segmentation dataset."""
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def run(
+    data: DataOpt = None,
+    det_model: DetModelOpt = None,
+    sam_model: SamModelOpt = None,
+    conf: ConfOpt = None,
+    iou: IouOpt = None,
+    imgsz: ImgszOpt = None,
+    max_det: MaxDetOpt = None,
+    classes: ClassesOpt = None,
+    device: DeviceOpt = None,
+    batch: BatchOpt = None,
+    output_dir: OutputDirOpt = None,
+    tolerance: ToleranceOpt = None,
+    min_area: MinAreaOpt = None,
+    polygon: PolygonOpt = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = None,
+    json_lines: JsonOpt = None,
+    quiet: QuietOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Detect objects, segment each box with MobileSAM, and write YOLO-seg labels, data.yaml and a manifest."""
+    overrides: dict[str, Any] = {
+        "data": data,
+        "det_model": det_model,
+        "sam_model": sam_model,
+        "conf": conf,
+        "iou": iou,
+        "imgsz": imgsz,
+        "max_det": max_det,
+        "classes": classes,
+        "device": device,
+        "batch": batch,
+        "output_dir": output_dir,
+        "tolerance": tolerance,
+        "min_area": min_area,
+        "polygon": polygon,
+        "overwrite": overwrite,
+        "json": json_lines,
+        "quiet": quiet,
+    }
+    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        code = _run(overrides, config, err_console)
+    except AutoAnnotateError as err:
+        if debug:
+            raise
+        err_console.print(f"error: {err}", markup=False)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        err_console.print("error: interrupted", markup=False)
+        code = EXIT_INTERRUPTED
+    except Exception as err:
+        if debug:
+            raise
+        err_console.print(
+            f"error: internal error {type(err).__name__}: {_first_line(err)} (rerun with --debug and report it)",
+            markup=False,
+        )
+        code = EXIT_INTERNAL
+    raise typer.Exit(code)
+
+
+def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -> int:
+    settings = build_settings(read_config_file(config) if config is not None else None, overrides)
+    from autoannotate.job import AnnotationJob  # imports torch and ultralytics: only once the options are valid
+
+    _route_library_logs_to_stderr(quiet=settings.quiet or settings.json)
+    stdin: TextIO | None = sys.stdin if settings.data == "-" else None
+    job = AnnotationJob(settings, stdin)
+    if not settings.quiet and not settings.json:
+        err_console.print(f"loading models on device {settings.device or 'auto'} ...", markup=False)
+    models = job.load()
+    out = sys.stdout
+    if settings.json:
+        for outcome in job.run():
+            _emit(out, _image_event(outcome))
+            if outcome.error and not settings.quiet:
+                err_console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
+    else:
+        _run_with_progress(job, err_console, settings.quiet, str(models.detector.device), models.batch)
+    for notice in job.notices:
+        if not settings.quiet:
+            err_console.print(f"note: {notice}", markup=False)
+    summary = job.summary
+    if settings.json:
+        _emit(out, {"event": "summary", **summary.to_dict()})
+    elif not settings.quiet:
+        _print_summary(Console(highlight=False), summary.to_dict())
+    return EXIT_FAILED_IMAGES if summary.failed else EXIT_OK
+
+
+def _run_with_progress(job: Any, err_console: Console, quiet: bool, device: str, batch: int) -> None:
+    from autoannotate.sources import iter_images
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]annotating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.fields[total_text]} images"),
+        TextColumn("{task.fields[rate]} img/s"),
+        TextColumn("{task.fields[instances]} instances"),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("annotate", total=None, total_text="?", rate="-", instances=0, failed=0)
+
+        def count_images() -> None:  # the walk streams; the total shows up as soon as it is known
+            total = sum(1 for _ in iter_images(job.spec))
+            progress.update(task, total=total, total_text=str(total))
+
+        threading.Thread(target=count_images, name="autoannotate-count", daemon=True).start()
+        instances = failed = 0
+        for outcome in job.run():
+            instances += outcome.instances
+            if outcome.error:
+                failed += 1
+                progress.console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
+            elapsed = progress.tasks[0].elapsed or 0.0
+            done = progress.tasks[0].completed + 1
+            rate = f"{done / elapsed:.2f}" if elapsed > 0 else "-"
+            progress.update(task, advance=1, instances=instances, failed=failed, rate=rate)
+    if not quiet:
+        err_console.print(f"device {device}, batch {batch}", markup=False)
+
+
+def _image_event(outcome: Any) -> dict[str, Any]:
+    return {
+        "event": "image",
+        "path": str(outcome.source.path),
+        "label": str(outcome.label_path) if outcome.label_path is not None else None,
+        "instances": outcome.instances,
+        "status": outcome.status,
+        "error": outcome.error,
+    }
+
+
+def _emit(stream: TextIO, event: dict[str, Any]) -> None:
+    stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+    stream.flush()
+
+
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="autoannotate summary", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for key in ("images", "labeled", "instances", "empty_masks", "failed", "skipped", "seconds", "images_per_s"):
+        table.add_row(key.replace("_", " "), str(summary[key]))
+    table.add_row("output dir", summary["output_dir"])
+    table.add_row("data.yaml", summary["data_yaml"])
+    console.print(table)
+
+
+def _route_library_logs_to_stderr(quiet: bool) -> None:
+    """Ultralytics logs to stdout; stdout belongs to --json events and the summary, so move it to stderr."""
+    import ultralytics  # noqa: F401  (configures its logger on import)
+
+    logger = logging.getLogger("ultralytics")
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
+            handler.setStream(sys.stderr)
+    if quiet:
+        logger.setLevel(logging.ERROR)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="autoannotate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Run settings: one frozen dataclass, loaded as defaults < YAML config < command-line flags, then validated.
+
+Every field here is a ``run`` option; ``configs/default.yaml`` lists them all with their defaults (a test keeps the
+two in step). Validation names the field, the value received and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoannotate.errors import ConfigError
+
+POLYGON_MODES = ("merge", "largest", "split")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything ``autoannotate run`` needs to know. Defaults follow ultralytics' ``auto_annotate``."""
+
+    data: str = ""
+    det_model: str = "yolo11x.pt"
+    sam_model: str = "mobile_sam.pt"
+    conf: float = 0.25
+    iou: float = 0.45
+    imgsz: int = 640
+    max_det: int = 300
+    classes: tuple[str, ...] | None = None  # ids or names as typed; resolved against the detector's names
+    device: str = ""
+    batch: int = 0  # images per step; 0 = the fastest default for the device
+    output_dir: str | None = None
+    tolerance: float = 1.0  # polygon simplification, pixels; 0 = exact contour
+    min_area: float = 0.0  # pixels; smaller mask parts are dropped
+    polygon: str = "merge"
+    overwrite: bool = False  # replace label files / data.yaml that this tool did not write
+    json: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data), "data", self.data, "a directory, image, .txt list, glob or '-'")
+        _check(0.0 <= self.conf <= 1.0, "conf", self.conf, "a number in [0, 1]")
+        _check(0.0 <= self.iou <= 1.0, "iou", self.iou, "a number in [0, 1]")
+        _check(self.imgsz >= 32, "imgsz", self.imgsz, "an integer >= 32")
+        _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
+        _check(self.batch >= 0, "batch", self.batch, "an integer >= 0 (0 = device default)")
+        _check(self.tolerance >= 0.0, "tolerance", self.tolerance, "a number of pixels >= 0")
+        _check(self.min_area >= 0.0, "min_area", self.min_area, "a number of pixels >= 0")
+        _check(self.polygon in POLYGON_MODES, "polygon", self.polygon, f"one of {', '.join(POLYGON_MODES)}")
+        _check(bool(self.det_model), "det_model", self.det_model, "a model file path or ultralytics asset name")
+        _check(bool(self.sam_model), "sam_model", self.sam_model, "a model file path or ultralytics asset name")
+        if self.classes is not None:
+            _check(len(self.classes) > 0, "classes", ",".join(self.classes), "class ids or names, comma-separated")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (for the run manifest)."""
+        out = dataclasses.asdict(self)
+        out["classes"] = list(self.classes) if self.classes is not None else None
+        return out
+
+
+def _check(ok: bool, field: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid {option_name(field)} {value!r}: expected {expected}")
+
+
+def option_name(field: str) -> str:
+    """``max_det`` -> ``--max-det``: how the user spells a field on the command line."""
+    return "--" + field.replace("_", "-")
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "data": str,
+    "det_model": str,
+    "sam_model": str,
+    "conf": float,
+    "iou": float,
+    "imgsz": int,
+    "max_det": int,
+    "classes": tuple,
+    "device": str,
+    "batch": int,
+    "output_dir": str,
+    "tolerance": float,
+    "min_area": float,
+    "polygon": str,
+    "overwrite": bool,
+    "json": bool,
+    "quiet": bool,
+}
+
+
+def parse_classes(value: object) -> tuple[str, ...] | None:
+    """Class filter from a flag (``"0,person"``), a YAML list (``[0, person]``) or None, as stripped strings."""
+    if value is None:
+        return None
+    items: list[object]
+    if isinstance(value, str):
+        items = list(value.split(","))
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    else:
+        raise ConfigError(f"invalid --classes {value!r}: expected class ids or names, comma-separated")
+    out = tuple(str(item).strip() for item in items)
+    if not out or any(not item for item in out):
+        raise ConfigError(f"invalid --classes {value!r}: expected class ids or names, comma-separated")
+    return out
+
+
+def _coerce(field: str, value: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's type, or raise ConfigError naming the field."""
+    kind = _FIELD_TYPES[field]
+    if field == "classes":
+        return parse_classes(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"invalid {option_name(field)} {value!r}: expected true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected an integer")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected an integer") from None
+        if not number.is_integer():
+            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected an integer")
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected a number") from None
+    if isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ConfigError(f"invalid {option_name(field)} {value!r}: expected a string")
+    return str(value)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML config: a mapping of option names (``max-det`` or ``max_det``) to values."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist: check the --config path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: fix its syntax") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must be a mapping of option names to values")
+    return {str(key).replace("-", "_"): value for key, value in loaded.items()}
+
+
+def build_settings(config: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunSettings:
+    """Defaults < ``config`` (from YAML) < ``overrides`` (CLI flags; a None value means "not given")."""
+    known = {f.name for f in fields(RunSettings)}
+    merged: dict[str, Any] = {}
+    for source in (config or {}), overrides:
+        for key, value in source.items():
+            if key not in known:
+                raise ConfigError(
+                    f"unknown option {key.replace('_', '-')!r} in config: valid options are "
+                    + ", ".join(sorted(k.replace("_", "-") for k in known))
+                )
+            if value is None:  # "not given" on the command line, "use the default" in YAML
+                continue
+            merged[key] = _coerce(key, value)
+    return RunSettings(**merged)

@@ -1,0 +1,228 @@
+"""The detector: any ultralytics detection or segmentation model, used for its boxes only.
+
+Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the package is testable without models.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoannotate.errors import ConfigError, ModelError
+
+_DETECTOR_TASKS = frozenset({"detect", "segment"})
+ASSET_RELEASE_URL = "https://github.com/ultralytics/assets/releases"
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image, in that image's pixel frame.
+
+    ``xyxy``: (N, 4) float32, x1 y1 x2 y2 pixels; ``class_id``: (N,) int64; ``confidence``: (N,) float32.
+    """
+
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    confidence: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        if self.xyxy.shape != (n, 4) or self.class_id.shape != (n,) or self.confidence.shape != (n,):
+            raise ValueError(
+                f"inconsistent Detections shapes {self.xyxy.shape}, {self.class_id.shape}, {self.confidence.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.float32))
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """Detector options, ultralytics' ``auto_annotate`` defaults."""
+
+    conf: float = 0.25
+    iou: float = 0.45
+    imgsz: int = 640
+    max_det: int = 300
+    class_ids: tuple[int, ...] | None = None
+
+
+def select_device(device: str) -> torch.device:
+    """``''`` (auto: first CUDA device, else CPU), ``cpu``, ``cuda:0`` or ``0`` to a torch device.
+
+    On CPU, torch is set to use every core available to this process: ultralytics' ``select_device`` sets
+    ``cpu_count - 1`` threads (one thread on a 2-core machine), which halves MobileSAM's speed there.
+    """
+    from ultralytics.utils.torch_utils import select_device as ultralytics_select_device
+
+    spec = device.strip().lower()
+    if spec.startswith("cuda:"):
+        spec = spec[len("cuda:") :]
+    if spec == "cuda":
+        spec = "0"
+    try:
+        device = ultralytics_select_device(spec, verbose=False)
+    except (ValueError, RuntimeError, AssertionError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"invalid --device {device!r}: {first_line} (use '', 'cpu', 'cuda:0' or '0')"
+        ) from None
+    if device.type == "cpu":
+        torch.set_num_threads(available_cores())
+    return device
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware, e.g. under taskset or a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_detector_weights(name_or_path: str) -> str:
+    """A local file (or export directory) as is; an ultralytics asset name is left to ultralytics to download."""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if path.name == name_or_path and name_or_path in GITHUB_ASSETS_NAMES:
+        return name_or_path
+    raise ModelError(f"detector model {name_or_path!r} does not exist: pass --det-model PATH to a YOLO model file")
+
+
+class Detector:
+    """A loaded YOLO model with fixed settings. ``detect`` takes a batch of BGR images and returns their boxes."""
+
+    def __init__(
+        self, model: object, settings: DetectSettings, device: torch.device, weights_path: str | None = None
+    ) -> None:
+        self._model = model
+        self.settings = settings
+        self.device = device
+        self.weights_path = weights_path  # the local file that was loaded (after any download)
+
+    @classmethod
+    def from_weights(cls, weights: str, device: torch.device) -> Detector:
+        """Load ``weights`` (a path or ultralytics asset name). Raises ModelError with a one-line fix."""
+        from ultralytics import YOLO
+
+        source = _resolve_detector_weights(weights)
+        try:
+            model = YOLO(source)
+        except (ConnectionError, TimeoutError) as err:
+            name = Path(weights).name
+            raise ModelError(
+                f"detector model {name!r} is not on this machine and could not be downloaded ({type(err).__name__});"
+                f" download {ASSET_RELEASE_URL}/latest/download/{name} and pass --det-model /path/to/{name}"
+            ) from None
+        except Exception as err:  # ultralytics raises many types for a bad file; all mean "not a detector"
+            raise ModelError(
+                f"{weights!r} is not a loadable YOLO detector ({type(err).__name__}: {_first_line(err)});"
+                " pass a YOLO detection or segmentation model with --det-model"
+            ) from None
+        task = getattr(model, "task", None)
+        if task not in _DETECTOR_TASKS:
+            raise ModelError(
+                f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection or segmentation model"
+                " with --det-model"
+            )
+        loaded = getattr(model, "ckpt_path", None) or source
+        return cls(model, DetectSettings(), device, str(loaded))
+
+    def with_settings(self, settings: DetectSettings) -> Detector:
+        return Detector(self._model, settings, self.device, self.weights_path)
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class id -> name, as the model was trained (ids unchanged)."""
+        raw = getattr(self._model, "names", None) or {}
+        if isinstance(raw, list | tuple):
+            raw = dict(enumerate(raw))
+        return {int(k): str(v) for k, v in dict(raw).items()}
+
+    def resolve_classes(self, classes: Sequence[str] | None) -> tuple[int, ...] | None:
+        """``--classes`` entries (ids or names, any letter case for names) to class ids. Raises ConfigError."""
+        if classes is None:
+            return None
+        names = self.names
+        by_name = {name.lower(): cid for cid, name in names.items()}
+        ids: list[int] = []
+        for item in classes:
+            if item.lstrip("-").isdigit():
+                cid = int(item)
+                if cid not in names:
+                    raise ConfigError(
+                        f"invalid --classes id {cid}: the detector has ids 0..{max(names, default=-1)}"
+                    )
+            elif item.lower() in by_name:
+                cid = by_name[item.lower()]
+            else:
+                sample = ", ".join(list(names.values())[:8])
+                raise ConfigError(f"invalid --classes name {item!r}: not a detector class (e.g. {sample})")
+            if cid not in ids:
+                ids.append(cid)
+        return tuple(ids)
+
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """Boxes for each image (HxWx3 uint8 BGR), batched. Output aligned with the input.
+
+        Images are batched per shape: ultralytics letterboxes a batch of one shape with minimal padding and a mixed
+        batch to a full square, so grouping by shape keeps every image's boxes independent of what it was batched
+        with (and equal to a one-image call).
+        """
+        out: list[Detections | None] = [None] * len(images_bgr)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images_bgr):
+            groups.setdefault(tuple(image.shape), []).append(index)
+        for indices in groups.values():
+            for index, detections in zip(indices, self._predict([images_bgr[i] for i in indices]), strict=True):
+                out[index] = detections
+        return [d if d is not None else Detections.empty() for d in out]
+
+    def _predict(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        s = self.settings
+        threads = torch.get_num_threads()
+        results = self._model.predict(  # type: ignore[attr-defined]
+            images_bgr,
+            conf=s.conf,
+            iou=s.iou,
+            imgsz=s.imgsz,
+            max_det=s.max_det,
+            classes=list(s.class_ids) if s.class_ids is not None else None,
+            device=self.device,
+            batch=len(images_bgr),
+            verbose=False,
+            save=False,
+        )
+        if torch.get_num_threads() != threads:  # ultralytics' predictor setup resets it; keep the caller's choice
+            torch.set_num_threads(threads)
+        out = []
+        for result in results:
+            boxes = result.boxes
+            if boxes is None or len(boxes) == 0:
+                out.append(Detections.empty())
+                continue
+            out.append(
+                Detections(
+                    xyxy=boxes.xyxy.detach().float().cpu().numpy().astype(np.float32),
+                    class_id=boxes.cls.detach().cpu().numpy().astype(np.int64),
+                    confidence=boxes.conf.detach().float().cpu().numpy().astype(np.float32),
+                )
+            )
+        return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else ""

@@ -1,0 +1,1 @@
+"""Output formats: pure formatting functions, plus atomic file writing in ``atomic.py``."""

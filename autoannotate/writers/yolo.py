@@ -1,0 +1,59 @@
+"""YOLO segmentation label lines: ``<class> x1 y1 x2 y2 ...`` with coordinates normalised to [0, 1].
+
+Pure formatting and parsing; no file access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+DECIMALS = 6
+
+
+def polygon_px_to_norm(polygon_xy_px: np.ndarray, resolution_wh: tuple[int, int]) -> np.ndarray:
+    """(K, 2) pixel x, y -> (K, 2) float64 normalised by (W, H) and clipped to [0, 1]."""
+    width, height = resolution_wh
+    scale = np.array([width, height], dtype=np.float64)
+    return np.clip(np.asarray(polygon_xy_px, dtype=np.float64) / scale, 0.0, 1.0)
+
+
+def format_polygon_line(class_id: int, polygon_xy_px: np.ndarray, resolution_wh: tuple[int, int]) -> str:
+    """One label line (no newline) for a polygon of >= 3 points in the pixel frame of a W x H image.
+
+    >>> format_polygon_line(2, np.array([[0, 0], [50, 0], [50, 25]]), (200, 100))
+    '2 0.000000 0.000000 0.250000 0.000000 0.250000 0.250000'
+    """
+    polygon = np.asarray(polygon_xy_px)
+    if polygon.ndim != 2 or polygon.shape[1] != 2 or len(polygon) < 3:
+        raise ValueError(f"a polygon needs shape (K>=3, 2), got {polygon.shape}")
+    if class_id < 0:
+        raise ValueError(f"class id must be >= 0, got {class_id}")
+    coords = polygon_px_to_norm(polygon, resolution_wh).reshape(-1)
+    return f"{int(class_id)} " + " ".join(f"{value:.{DECIMALS}f}" for value in coords)
+
+
+def format_label_file(lines: Iterable[str]) -> str:
+    """The text of a label file: one line each, newline-terminated; empty for a negative sample."""
+    return "".join(f"{line}\n" for line in lines)
+
+
+def parse_label_file(text: str) -> list[tuple[int, np.ndarray]]:
+    """Parse YOLO-seg label text into ``(class_id, polygon_norm (K, 2))`` pairs. Raises ValueError naming the line."""
+    rows: list[tuple[int, np.ndarray]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields: Sequence[str] = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise ValueError(f"line {number}: non-numeric value") from None
+        if not values[0].is_integer() or values[0] < 0:
+            raise ValueError(f"line {number}: class id {fields[0]!r} is not a non-negative integer")
+        coords = values[1:]
+        if len(coords) % 2 or len(coords) < 6:
+            raise ValueError(f"line {number}: expected >= 3 x,y pairs, got {len(coords)} numbers")
+        rows.append((int(values[0]), np.array(coords, dtype=np.float64).reshape(-1, 2)))
+    return rows

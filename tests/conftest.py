@@ -1,0 +1,36 @@
+"""Shared fixtures: real model architectures with random weights, built at test time (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``mobile_sam.pt`` state dict of ultralytics' MobileSAM architecture with seeded random weights."""
+    import torch
+    from ultralytics.models.sam.build import build_mobile_sam
+
+    torch.manual_seed(0)
+    model = build_mobile_sam()
+    path = tmp_path_factory.mktemp("weights") / "mobile_sam.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def yolo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``yolo11n.pt``-style checkpoint of the YOLO11n architecture with random weights (80 COCO names)."""
+    import torch
+    from ultralytics import YOLO
+
+    from ultralytics.utils import ROOT, YAML
+
+    torch.manual_seed(0)
+    model = YOLO("yolo11n.yaml")
+    model.model.names = YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"]  # as a COCO-trained model has
+    path = tmp_path_factory.mktemp("weights") / "yolo11n_random.pt"
+    model.save(str(path))
+    return path

@@ -1,0 +1,121 @@
+"""File formats: exact golden strings for label lines and data.yaml; atomic writes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoannotate.errors import OutputError
+from autoannotate.writers.atomic import write_text_atomic
+from autoannotate.writers.dataset_yaml import format_data_yaml, is_ours
+from autoannotate.writers.manifest import file_sha256, read_written_labels
+from autoannotate.writers.yolo import format_label_file, format_polygon_line, parse_label_file
+
+
+@pytest.mark.parametrize(
+    ("class_id", "polygon_xy_px", "resolution_wh", "expected"),
+    [
+        # non-square 200x100 image: x is divided by 200, y by 100
+        (2, [[0, 0], [50, 0], [50, 25]], (200, 100), "2 0.000000 0.000000 0.250000 0.000000 0.250000 0.250000"),
+        # portrait 30x70, thirds and sevenths round to 6 decimals
+        (0, [[10, 10], [20, 10], [20, 35]], (30, 70), "0 0.333333 0.142857 0.666667 0.142857 0.666667 0.500000"),
+        # points outside the image are clipped to [0, 1]
+        (7, [[-3, 5], [250, 5], [100, 120]], (200, 100), "7 0.000000 0.050000 1.000000 0.050000 0.500000 1.000000"),
+    ],
+    ids=["landscape", "portrait-rounding", "clipped"],
+)
+def test_format_polygon_line_golden(class_id, polygon_xy_px, resolution_wh, expected):
+    assert format_polygon_line(class_id, np.array(polygon_xy_px, dtype=float), resolution_wh) == expected
+
+
+@pytest.mark.parametrize(
+    ("polygon", "class_id"),
+    [([[0, 0], [1, 1]], 0), ([[0, 0, 0], [1, 1, 1], [2, 2, 2]], 0), ([[0, 0], [1, 0], [1, 1]], -1)],
+    ids=["two-points", "three-columns", "negative-class"],
+)
+def test_format_polygon_line_rejects_bad_input(polygon, class_id):
+    with pytest.raises(ValueError):
+        format_polygon_line(class_id, np.array(polygon, dtype=float), (10, 10))
+
+
+def test_label_file_round_trip():
+    lines = [
+        format_polygon_line(1, np.array([[0, 0], [10, 0], [10, 5]], float), (20, 10)),
+        format_polygon_line(0, np.array([[2, 2], [4, 2], [4, 4], [2, 4]], float), (20, 10)),
+    ]
+    text = format_label_file(lines)
+    assert text == lines[0] + "\n" + lines[1] + "\n"
+    parsed = parse_label_file(text)
+    assert [cid for cid, _ in parsed] == [1, 0]
+    np.testing.assert_allclose(parsed[0][1], [[0, 0], [0.5, 0], [0.5, 0.5]])
+    assert format_label_file([]) == ""
+
+
+@pytest.mark.parametrize(
+    "text", ["0 0.1 0.1 0.2", "x 0.1 0.1 0.2 0.2 0.3 0.3", "1.5 0.1 0.1 0.2 0.2 0.3 0.3", "0 0.1 0.1 0.2 0.2 0.3"]
+)
+def test_parse_label_file_rejects(text):
+    with pytest.raises(ValueError, match="line 1"):
+        parse_label_file(text)
+
+
+def test_data_yaml_golden():
+    text = format_data_yaml({1: "car", 0: "person", 2: "traffic: light"}, "images/train", "images/train", "9.9.9")
+    assert text == (
+        "# Written by autoannotate 9.9.9. Train with: yolo segment train data=<this file>\n"
+        "train: images/train\n"
+        "val: images/train\n"
+        "nc: 3\n"
+        "names:\n"
+        "  0: person\n"
+        "  1: car\n"
+        "  2: 'traffic: light'\n"
+    )
+    assert is_ours(text)
+    assert not is_ours("path: /data\ntrain: images\n")
+
+
+def test_write_text_atomic_replaces_and_leaves_no_temp(tmp_path: Path):
+    target = tmp_path / "deep" / "dir" / "a.txt"
+    write_text_atomic(target, "one\n")
+    write_text_atomic(target, "two\n")
+    assert target.read_text() == "two\n"
+    assert os.listdir(target.parent) == ["a.txt"]
+
+
+def test_write_text_atomic_read_only_dir_keeps_old_file(tmp_path: Path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    target = tmp_path / "a.txt"
+    target.write_text("old\n")
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="cannot write"):
+            write_text_atomic(target, "new\n")
+    finally:
+        tmp_path.chmod(0o755)
+    assert target.read_text() == "old\n"
+
+
+def test_write_text_atomic_error_is_one_line(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError) as info:
+        write_text_atomic(blocker / "sub" / "a.txt", "x")  # parent is a file
+    assert "\n" not in str(info.value)
+    assert blocker.read_text() == "x"
+
+
+def test_manifest_helpers(tmp_path: Path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    m = tmp_path / "autoannotate.json"
+    assert read_written_labels(m) == set()
+    m.write_text('{"labels": {"labels/a.txt": {}, "labels/b/c.txt": {}}}')
+    assert read_written_labels(m) == {"labels/a.txt", "labels/b/c.txt"}
+    m.write_text("{not json")
+    assert read_written_labels(m) == set()
