@@ -70,15 +70,13 @@ def select_device(device: str) -> torch.device:
     if spec == "cuda":
         spec = "0"
     try:
-        device = ultralytics_select_device(spec, verbose=False)
+        selected: torch.device = ultralytics_select_device(spec, verbose=False)
     except (ValueError, RuntimeError, AssertionError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"invalid --device {device!r}: {first_line} (use '', 'cpu', 'cuda:0' or '0')"
-        ) from None
-    if device.type == "cpu":
+        raise ConfigError(f"invalid --device {device!r}: {first_line} (use '', 'cpu', 'cuda:0' or '0')") from None
+    if selected.type == "cpu":
         torch.set_num_threads(available_cores())
-    return device
+    return selected
 
 
 def available_cores() -> int:
@@ -162,9 +160,7 @@ class Detector:
             if item.lstrip("-").isdigit():
                 cid = int(item)
                 if cid not in names:
-                    raise ConfigError(
-                        f"invalid --classes id {cid}: the detector has ids 0..{max(names, default=-1)}"
-                    )
+                    raise ConfigError(f"invalid --classes id {cid}: the detector has ids 0..{max(names, default=-1)}")
             elif item.lower() in by_name:
                 cid = by_name[item.lower()]
             else:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from autoannotate import __version__
 from autoannotate.config import RunSettings
-from autoannotate.detect import DetectSettings, Detector, select_device
+from autoannotate.detect import Detector, DetectSettings, select_device
 from autoannotate.errors import OutputError
 from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
 from autoannotate.pipeline import EMPTY, FAILED, OK, Annotator, ImageOutcome

@@ -25,7 +25,6 @@ def yolo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``yolo11n.pt``-style checkpoint of the YOLO11n architecture with random weights (80 COCO names)."""
     import torch
     from ultralytics import YOLO
-
     from ultralytics.utils import ROOT, YAML
 
     torch.manual_seed(0)

@@ -192,8 +192,7 @@ def test_list_glob_stdin_and_single_file(tmp_path: Path, models: list[str], monk
     assert (out / "images" / "one" / "a.jpg").resolve() == a.resolve()  # per-file links for lists
     glob_out = tmp_path / "glob_out"
     result = runner.invoke(
-        app, ["run", "--data", str(tmp_path / "pics" / "*" / "*.jpg"), "--output-dir", str(glob_out), "--json"]
-        + models
+        app, ["run", "--data", str(tmp_path / "pics" / "*" / "*.jpg"), "--output-dir", str(glob_out), "--json", *models]
     )
     assert result.exit_code == 0, result.output
     assert [e["path"] for e in _events(result.stdout) if e["event"] == "image"] == [str(a)]
@@ -247,8 +246,19 @@ def test_polygon_modes_and_min_area(tmp_path: Path, models: list[str]):
         out = tmp_path / mode
         result = runner.invoke(
             app,
-            ["run", "--data", str(tmp_path / "imgs"), "--output-dir", str(out), "--polygon", mode, "--json"]
-            + ["--tolerance", "0", *models],
+            [
+                "run",
+                "--data",
+                str(tmp_path / "imgs"),
+                "--output-dir",
+                str(out),
+                "--polygon",
+                mode,
+                "--json",
+                "--tolerance",
+                "0",
+                *models,
+            ],
         )
         assert result.exit_code == 0, result.output
         counts[mode] = len(parse_label_file((out / "labels" / "x.txt").read_text()))
@@ -256,8 +266,17 @@ def test_polygon_modes_and_min_area(tmp_path: Path, models: list[str]):
     assert counts["split"] >= counts["merge"]
     result = runner.invoke(
         app,
-        ["run", "--data", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "big"), "--min-area", "1e9"]
-        + ["--json", *models],
+        [
+            "run",
+            "--data",
+            str(tmp_path / "imgs"),
+            "--output-dir",
+            str(tmp_path / "big"),
+            "--min-area",
+            "1e9",
+            "--json",
+            *models,
+        ],
     )
     assert result.exit_code == 0
     assert (tmp_path / "big" / "labels" / "x.txt").read_text() == ""  # every mask under min-area: negative sample
@@ -271,7 +290,8 @@ def test_batch_does_not_change_labels(tmp_path: Path, models: list[str]):
     for batch in ["1", "3"]:
         out = tmp_path / f"b{batch}"
         result = runner.invoke(
-            app, ["run", "--data", str(tmp_path / "imgs"), "--output-dir", str(out), "--batch", batch, "--json"] + models
+            app,
+            ["run", "--data", str(tmp_path / "imgs"), "--output-dir", str(out), "--batch", batch, "--json", *models],
         )
         assert result.exit_code == 0, result.output
         texts.append([(out / "labels" / f"{i}.txt").read_text() for i in range(3)])

@@ -30,8 +30,20 @@ def test_ultralytics_accepts_the_dataset(tmp_path: Path, yolo_weights: Path, mob
         cv2.imwrite(str(data / f"d{i % 2}" / f"img{i}.jpg"), _scene(h, w, i))
     result = CliRunner().invoke(
         app,
-        ["run", "--data", str(data), "--det-model", str(yolo_weights), "--sam-model", str(mobile_sam_weights)]
-        + ["--conf", "1e-4", "--max-det", "4", "--json"],
+        [
+            "run",
+            "--data",
+            str(data),
+            "--det-model",
+            str(yolo_weights),
+            "--sam-model",
+            str(mobile_sam_weights),
+            "--conf",
+            "1e-4",
+            "--max-det",
+            "4",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.splitlines()[-1])

@@ -18,12 +18,12 @@ from autoannotate.writers.yolo import format_label_file, format_polygon_line, pa
 @pytest.mark.parametrize(
     ("class_id", "polygon_xy_px", "resolution_wh", "expected"),
     [
-        # non-square 200x100 image: x is divided by 200, y by 100
-        (2, [[0, 0], [50, 0], [50, 25]], (200, 100), "2 0.000000 0.000000 0.250000 0.000000 0.250000 0.250000"),
-        # portrait 30x70, thirds and sevenths round to 6 decimals
-        (0, [[10, 10], [20, 10], [20, 35]], (30, 70), "0 0.333333 0.142857 0.666667 0.142857 0.666667 0.500000"),
+        # non-square 200x100 image: pixel centres, (x + 0.5) / 200 and (y + 0.5) / 100
+        (2, [[0, 0], [50, 0], [50, 25]], (200, 100), "2 0.002500 0.005000 0.252500 0.005000 0.252500 0.255000"),
+        # portrait 30x70: thirds and sevenths round to 6 decimals
+        (0, [[10, 10], [20, 10], [20, 34]], (30, 70), "0 0.350000 0.150000 0.683333 0.150000 0.683333 0.492857"),
         # points outside the image are clipped to [0, 1]
-        (7, [[-3, 5], [250, 5], [100, 120]], (200, 100), "7 0.000000 0.050000 1.000000 0.050000 0.500000 1.000000"),
+        (7, [[-3, 5], [250, 5], [100, 120]], (200, 100), "7 0.000000 0.055000 1.000000 0.055000 0.502500 1.000000"),
     ],
     ids=["landscape", "portrait-rounding", "clipped"],
 )
@@ -50,7 +50,7 @@ def test_label_file_round_trip():
     assert text == lines[0] + "\n" + lines[1] + "\n"
     parsed = parse_label_file(text)
     assert [cid for cid, _ in parsed] == [1, 0]
-    np.testing.assert_allclose(parsed[0][1], [[0, 0], [0.5, 0], [0.5, 0.5]])
+    np.testing.assert_allclose(parsed[0][1], [[0.025, 0.05], [0.525, 0.05], [0.525, 0.55]])
     assert format_label_file([]) == ""
 
 
@@ -119,3 +119,23 @@ def test_manifest_helpers(tmp_path: Path):
     assert read_written_labels(m) == {"labels/a.txt", "labels/b/c.txt"}
     m.write_text("{not json")
     assert read_written_labels(m) == set()
+
+
+@pytest.mark.parametrize("resolution_wh", [(1920, 1080), (640, 480), (333, 777)], ids=["1920x1080", "640x480", "odd"])
+def test_written_polygons_rasterise_back_exactly_as_ultralytics_reads_them(resolution_wh):
+    """Mask -> polygon -> label line -> ultralytics' polygon2mask at the image size gives the same pixels."""
+    import cv2
+    from ultralytics.data.utils import polygon2mask
+
+    from autoannotate.polygons import PolygonPolicy, mask_to_polygons
+
+    width, height = resolution_wh
+    mask = np.zeros((height, width), np.uint8)
+    cv2.ellipse(mask, (width // 2, height // 2), (width // 3, height // 4), 20, 0, 360, 1, -1)
+    cv2.rectangle(mask, (width // 2 - 5, height // 2 - 5), (width // 2 + 7, height // 2 + 9), 0, -1)  # a hole
+    (polygon,) = mask_to_polygons(mask, PolygonPolicy(tolerance_px=0))
+    line = format_polygon_line(0, polygon, resolution_wh)
+    ((_, polygon_norm),) = parse_label_file(line)
+    points = (polygon_norm.astype(np.float32) * np.array([width, height], np.float32)).reshape(1, -1)
+    rebuilt = polygon2mask((height, width), points, color=1, downsample_ratio=1)
+    assert np.array_equal(rebuilt.astype(bool), mask.astype(bool))

@@ -5,6 +5,7 @@ An interrupted run therefore leaves either the old file or the new one, never ha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +35,5 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
         raise OutputError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     finally:
         if tmp_name is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-            except OSError:
-                pass
