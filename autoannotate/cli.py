@@ -20,7 +20,7 @@ from rich.table import Table
 
 from autoannotate import __version__
 from autoannotate.config import build_settings, read_config_file
-from autoannotate.errors import AutoAnnotateError
+from autoannotate.errors import AutoAnnotateError, one_line
 
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -190,7 +190,7 @@ def run(
         if debug:
             raise
         err_console.print(
-            f"error: internal error {type(err).__name__}: {_first_line(err)} (rerun with --debug and report it)",
+            f"error: internal error {one_line(err, 300)} (rerun with --debug and report it)",
             markup=False,
         )
         code = EXIT_INTERNAL
@@ -303,11 +303,6 @@ def _route_library_logs_to_stderr(quiet: bool) -> None:
             handler.setStream(sys.stderr)
     if quiet:
         logger.setLevel(logging.ERROR)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoannotate.errors import ConfigError, ModelError
+from autoannotate.assets import asset_url
+from autoannotate.errors import ConfigError, ModelError, one_line
 
 _DETECTOR_TASKS = frozenset({"detect", "segment"})
-ASSET_RELEASE_URL = "https://github.com/ultralytics/assets/releases"
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,7 @@ def select_device(device: str) -> torch.device:
     try:
         selected: torch.device = ultralytics_select_device(spec, verbose=False)
     except (ValueError, RuntimeError, AssertionError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"invalid --device {device!r}: {first_line} (use '', 'cpu', 'cuda:0' or '0')") from None
+        raise ConfigError(f"invalid --device {device!r}: {one_line(err)} (use '', 'cpu', 'cuda:0' or '0')") from None
     if selected.type == "cpu":
         torch.set_num_threads(available_cores())
     return selected
@@ -122,11 +121,11 @@ class Detector:
             name = Path(weights).name
             raise ModelError(
                 f"detector model {name!r} is not on this machine and could not be downloaded ({type(err).__name__});"
-                f" download {ASSET_RELEASE_URL}/latest/download/{name} and pass --det-model /path/to/{name}"
+                f" download {asset_url(name)} and pass --det-model /path/to/{name}"
             ) from None
         except Exception as err:  # ultralytics raises many types for a bad file; all mean "not a detector"
             raise ModelError(
-                f"{weights!r} is not a loadable YOLO detector ({type(err).__name__}: {_first_line(err)});"
+                f"{weights!r} is not a loadable YOLO detector ({one_line(err)});"
                 " pass a YOLO detection or segmentation model with --det-model"
             ) from None
         task = getattr(model, "task", None)
@@ -217,8 +216,3 @@ class Detector:
                 )
             )
         return out
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else ""

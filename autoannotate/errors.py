@@ -5,6 +5,8 @@ The CLI maps each type to an exit code (see ``cli.py``); nothing else in the pac
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class AutoAnnotateError(Exception):
     """Base class. ``str(err)`` is a complete one-line message for the user, fix included."""
@@ -32,3 +34,13 @@ class ImageError(AutoAnnotateError):
 
 class OutputError(AutoAnnotateError):
     """The output directory cannot be written, or writing would overwrite a file this tool did not write."""
+
+
+def one_line(err: BaseException, limit: int = 160) -> str:
+    """``TypeName: first line of the message``, shortened, for embedding a library error in a one-line message."""
+    # Drop pictographs (ultralytics prefixes errors with emoji) and fold whitespace, newlines included.
+    text = "".join(ch for ch in str(err) if unicodedata.category(ch) != "So")
+    text = " ".join(text.split()) or "no details"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}"

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from autoannotate.detect import Detections, Detector
-from autoannotate.errors import ImageError, OutputError
+from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.layout import DatasetLayout, link_image
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.segment import BoxSegmenter, PreparedImage, prepare_image
@@ -161,7 +161,7 @@ class Annotator:
                 for item in items:
                     self._infer([item])
                 return
-            items[0].error = f"inference failed: {type(err).__name__}: {_one_line(err)}"
+            items[0].error = f"inference failed: {one_line(err, 300)}"
             return
         for item, det in zip(items, detections, strict=True):
             item.detections = det
@@ -216,8 +216,3 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else ""

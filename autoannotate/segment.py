@@ -16,10 +16,8 @@ checkpoint's contents, not from its file name. ultralytics is imported lazily so
 
 from __future__ import annotations
 
-import inspect
 import pickle
 import re
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -31,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from autoannotate.errors import ModelError
+from autoannotate.assets import asset_url
+from autoannotate.errors import ModelError, one_line
 
 __all__ = [
     "LOW_RES_SIZE",
@@ -65,37 +64,11 @@ _VIT_VARIANTS = {(768, 12): "sam_b", (1024, 24): "sam_l", (1280, 32): "sam_h"}
 _SAM_FLAG_HINT = "pass a SAM or MobileSAM checkpoint with --sam-model (e.g. mobile_sam.pt)"
 # Bytes of float32 full-resolution logits allowed per postprocessing chunk.
 _POSTPROCESS_BUDGET_BYTES = 256 * 1024**2
-_DEFAULT_RELEASE = "v8.4.0"
-
-
-def _one_line(err: BaseException, limit: int = 160) -> str:
-    """``TypeName: first line of the message``, shortened, for embedding a library error in a one-line message."""
-    # Drop pictographs (ultralytics prefixes errors with emoji) and fold whitespace, newlines included.
-    text = "".join(ch for ch in str(err) if unicodedata.category(ch) != "So")
-    text = " ".join(text.split()) or "no details"
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(err).__name__}: {text}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Weights: resolve, recognise, load
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _asset_url(name: str) -> str:
-    """The ultralytics assets release URL of ``name``, release tag taken from ultralytics' own download default."""
-    repo, release = "ultralytics/assets", _DEFAULT_RELEASE
-    try:
-        from ultralytics.utils import downloads
-
-        repo = str(getattr(downloads, "GITHUB_ASSETS_REPO", repo))
-        default = inspect.signature(downloads.attempt_download_asset).parameters["release"].default
-        if isinstance(default, str) and default:
-            release = default
-    except (ImportError, AttributeError, KeyError, TypeError, ValueError):
-        pass  # the URL is advice in an error message: the fallback form above is still a valid address
-    return f"https://github.com/{repo}/releases/download/{release}/{name}"
 
 
 def resolve_sam_weights(
@@ -134,7 +107,7 @@ def resolve_sam_weights(
             f"or one of {', '.join(sorted(SAM_ASSET_NAMES))} to download it"
         )
 
-    manual = f"download {name} from {_asset_url(name)} and then pass --sam-model /path/to/{name}"
+    manual = f"download {name} from {asset_url(name)} and then pass --sam-model /path/to/{name}"
     try:
         fetch: Callable[..., Any]
         if download is None:
@@ -146,7 +119,7 @@ def resolve_sam_weights(
         # retry=1 (passed on to safe_download): fail fast offline instead of sleeping through back-off retries.
         found = Path(str(fetch(name, retry=1)))
     except Exception as err:  # network, disk, HTTP, ultralytics internals: all mean "get the file by hand"
-        raise ModelError(f"SAM weights {name} could not be downloaded ({_one_line(err, 100)}); {manual}") from err
+        raise ModelError(f"SAM weights {name} could not be downloaded ({one_line(err, 100)}); {manual}") from err
     if not found.is_file():
         raise ModelError(f"SAM weights {name} could not be downloaded; {manual}")
     return found
@@ -162,7 +135,7 @@ def _read_checkpoint(path: Path) -> Any:
     except Exception as err:
         raise ModelError(
             f"SAM weights {str(path)!r} cannot be read as a PyTorch checkpoint (corrupt, truncated or not a .pt "
-            f"file: {_one_line(err, 100)}); {_SAM_FLAG_HINT}"
+            f"file: {one_line(err, 100)}); {_SAM_FLAG_HINT}"
         ) from err
     try:
         # The user chose this file, exactly as ultralytics itself loads .pt files; only reached for files that
@@ -171,7 +144,7 @@ def _read_checkpoint(path: Path) -> Any:
     except Exception as err:
         raise ModelError(
             f"SAM weights {str(path)!r} cannot be read as a PyTorch checkpoint (corrupt, truncated or not a .pt "
-            f"file: {_one_line(err, 100)}); {_SAM_FLAG_HINT}"
+            f"file: {one_line(err, 100)}); {_SAM_FLAG_HINT}"
         ) from err
 
 
@@ -295,7 +268,7 @@ def load_sam(weights: str | Path) -> tuple[torch.nn.Module, str]:
         model.load_state_dict(state_dict, strict=True)
     except Exception as err:
         raise ModelError(
-            f"{source} could not be loaded into the {variant} architecture ({_one_line(err, 100)}); {_SAM_FLAG_HINT}"
+            f"{source} could not be loaded into the {variant} architecture ({one_line(err, 100)}); {_SAM_FLAG_HINT}"
         ) from err
     # eval() after loading, not only before: TinyViT attention caches its bias table when switched to eval mode,
     # and the builders switch to eval before any weights are loaded.
@@ -490,7 +463,7 @@ class BoxSegmenter:
             model = model.to(torch.device(device))
         except (RuntimeError, AssertionError, ValueError) as err:
             raise ModelError(
-                f"cannot move the SAM model to device {str(device)!r} ({_one_line(err, 100)}); choose an available "
+                f"cannot move the SAM model to device {str(device)!r} ({one_line(err, 100)}); choose an available "
                 f"device (e.g. cpu)"
             ) from err
         return cls(model, half=half, variant=variant)

@@ -1,0 +1,102 @@
+"""The detector wrapper: settings reach ultralytics, batches are grouped by shape, outputs stay aligned, class
+filters resolve names and ids, and ultralytics' thread reset is undone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from autoannotate.detect import DetectSettings, Detector, select_device
+from autoannotate.errors import ConfigError, ModelError
+
+
+class FakeYOLO:
+    """Stands in for ``ultralytics.YOLO``: records predict calls, returns one box per image sized by its shape."""
+
+    names = {0: "person", 1: "bicycle", 2: "car"}
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def predict(self, images, **kwargs):
+        self.calls.append({"shapes": [im.shape for im in images], **kwargs})
+        torch.set_num_threads(1)  # what ultralytics' select_device does on CPU
+        results = []
+        for im in images:
+            h, w = im.shape[:2]
+            boxes = _Boxes(torch.tensor([[0.0, 0.0, w / 2, h / 2]]), torch.tensor([2.0]), torch.tensor([0.9]))
+            results.append(SimpleNamespace(boxes=boxes))
+        return results
+
+
+class _Boxes:
+    """Like ultralytics' Boxes: xyxy, cls and conf tensors, and a length."""
+
+    def __init__(self, xyxy: torch.Tensor, cls: torch.Tensor, conf: torch.Tensor) -> None:
+        self.xyxy, self.cls, self.conf = xyxy, cls, conf
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+
+def test_settings_reach_predict_and_batches_group_by_shape():
+    fake = FakeYOLO()
+    settings = DetectSettings(conf=0.4, iou=0.6, imgsz=320, max_det=7, class_ids=(0, 2))
+    detector = Detector(fake, settings, torch.device("cpu"))
+    images = [np.zeros((40, 60, 3), np.uint8), np.zeros((60, 40, 3), np.uint8), np.zeros((40, 60, 3), np.uint8)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = detector.detect(images)
+        assert torch.get_num_threads() == 2  # restored after the fake reset it to 1
+    finally:
+        torch.set_num_threads(before)
+    assert [call["shapes"] for call in fake.calls] == [[(40, 60, 3), (40, 60, 3)], [(60, 40, 3)]]
+    call = fake.calls[0]
+    assert (call["conf"], call["iou"], call["imgsz"], call["max_det"], call["classes"]) == (0.4, 0.6, 320, 7, [0, 2])
+    assert call["batch"] == 2 and call["verbose"] is False
+    # aligned with the input order, in each image's own pixel frame
+    np.testing.assert_allclose(out[1].xyxy, [[0, 0, 20, 30]])
+    np.testing.assert_allclose(out[2].xyxy, [[0, 0, 30, 20]])
+    assert out[0].class_id.dtype == np.int64 and out[0].class_id.tolist() == [2]
+    assert detector.detect([]) == []
+
+
+def test_resolve_classes():
+    detector = Detector(FakeYOLO(), DetectSettings(), torch.device("cpu"))
+    assert detector.resolve_classes(None) is None
+    assert detector.resolve_classes(["Person", "2", "car"]) == (0, 2)
+    with pytest.raises(ConfigError, match="unicorn"):
+        detector.resolve_classes(["unicorn"])
+    with pytest.raises(ConfigError, match="0..2"):
+        detector.resolve_classes(["9"])
+
+
+def test_select_device_uses_every_core_on_cpu():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert select_device("cpu").type == "cpu"
+        import os
+
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="--device"):
+        select_device("cuda:3")
+
+
+def test_from_weights_errors(tmp_path: Path, mobile_sam_weights: Path):
+    with pytest.raises(ModelError, match="--det-model"):
+        Detector.from_weights(str(tmp_path / "missing.pt"), torch.device("cpu"))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04 not a pickle")
+    with pytest.raises(ModelError, match="not a loadable YOLO detector"):
+        Detector.from_weights(str(garbage), torch.device("cpu"))
+    with pytest.raises(ModelError) as info:
+        Detector.from_weights(str(mobile_sam_weights), torch.device("cpu"))
+    assert "\n" not in str(info.value)
