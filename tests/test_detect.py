@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoannotate.detect import DetectSettings, Detector, select_device
+from autoannotate.detect import Detector, DetectSettings, select_device
 from autoannotate.errors import ConfigError, ModelError
 
 
