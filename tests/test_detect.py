@@ -17,9 +17,8 @@ from autoannotate.errors import ConfigError, ModelError
 class FakeYOLO:
     """Stands in for ``ultralytics.YOLO``: records predict calls, returns one box per image sized by its shape."""
 
-    names = {0: "person", 1: "bicycle", 2: "car"}
-
     def __init__(self) -> None:
+        self.names = {0: "person", 1: "bicycle", 2: "car"}
         self.calls: list[dict] = []
 
     def predict(self, images, **kwargs):
@@ -72,7 +71,7 @@ def test_resolve_classes():
     assert detector.resolve_classes(["Person", "2", "car"]) == (0, 2)
     with pytest.raises(ConfigError, match="unicorn"):
         detector.resolve_classes(["unicorn"])
-    with pytest.raises(ConfigError, match="0..2"):
+    with pytest.raises(ConfigError, match=r"0\.\.2"):
         detector.resolve_classes(["9"])
 
 
