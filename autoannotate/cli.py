@@ -95,6 +95,14 @@ PolygonOpt = Annotated[
         "split: one line per part. [default: merge]",
     ),
 ]
+HalfOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--half/--no-half",
+        help="Reduced precision: bf16 autocast on CPU, fp16 on CUDA. [default: no-half]",
+        show_default=False,
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML file with any of these options; command-line flags override it."),
@@ -149,6 +157,7 @@ def run(
     tolerance: ToleranceOpt = None,
     min_area: MinAreaOpt = None,
     polygon: PolygonOpt = None,
+    half: HalfOpt = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = None,
     json_lines: JsonOpt = None,
@@ -171,6 +180,7 @@ def run(
         "tolerance": tolerance,
         "min_area": min_area,
         "polygon": polygon,
+        "half": half,
         "overwrite": overwrite,
         "json": json_lines,
         "quiet": quiet,
@@ -204,9 +214,14 @@ def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -
     _route_library_logs_to_stderr(quiet=settings.quiet or settings.json)
     stdin: TextIO | None = sys.stdin if settings.data == "-" else None
     job = AnnotationJob(settings, stdin)
-    if not settings.quiet and not settings.json:
-        err_console.print(f"loading models on device {settings.device or 'auto'} ...", markup=False)
     models = job.load()
+    if not settings.quiet and not settings.json:
+        plan = models.plan
+        err_console.print(
+            f"device {plan.device}, {plan.infer_workers} inference worker(s) x {plan.torch_threads} thread(s),"
+            f" batch {models.batch}{', half precision' if settings.half else ''}",
+            markup=False,
+        )
     out = sys.stdout
     if settings.json:
         for outcome in job.run():
@@ -214,7 +229,7 @@ def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -
             if outcome.error and not settings.quiet:
                 err_console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
     else:
-        _run_with_progress(job, err_console, settings.quiet, str(models.detector.device), models.batch)
+        _run_with_progress(job, err_console, settings.quiet)
     for notice in job.notices:
         if not settings.quiet:
             err_console.print(f"note: {notice}", markup=False)
@@ -226,7 +241,7 @@ def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -
     return EXIT_FAILED_IMAGES if summary.failed else EXIT_OK
 
 
-def _run_with_progress(job: Any, err_console: Console, quiet: bool, device: str, batch: int) -> None:
+def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
     from autoannotate.sources import iter_images
 
     progress = Progress(
@@ -262,8 +277,6 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool, device: str,
             done = progress.tasks[0].completed + 1
             rate = f"{done / elapsed:.2f}" if elapsed > 0 else "-"
             progress.update(task, advance=1, instances=instances, failed=failed, rate=rate)
-    if not quiet:
-        err_console.print(f"device {device}, batch {batch}", markup=False)
 
 
 def _image_event(outcome: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class RunSettings:
     tolerance: float = 1.0  # polygon simplification, pixels; 0 = exact contour
     min_area: float = 0.0  # pixels; smaller mask parts are dropped
     polygon: str = "merge"
+    half: bool = False  # bf16 autocast on CPU, fp16 on CUDA
     overwrite: bool = False  # replace label files / data.yaml that this tool did not write
     json: bool = False
     quiet: bool = False
@@ -88,6 +89,7 @@ _FIELD_TYPES: dict[str, type] = {
     "tolerance": float,
     "min_area": float,
     "polygon": str,
+    "half": bool,
     "overwrite": bool,
     "json": bool,
     "quiet": bool,

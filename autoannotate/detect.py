@@ -5,7 +5,6 @@ Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the pack
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,36 +53,7 @@ class DetectSettings:
     imgsz: int = 640
     max_det: int = 300
     class_ids: tuple[int, ...] | None = None
-
-
-def select_device(device: str) -> torch.device:
-    """``''`` (auto: first CUDA device, else CPU), ``cpu``, ``cuda:0`` or ``0`` to a torch device.
-
-    On CPU, torch is set to use every core available to this process: ultralytics' ``select_device`` sets
-    ``cpu_count - 1`` threads (one thread on a 2-core machine), which halves MobileSAM's speed there.
-    """
-    from ultralytics.utils.torch_utils import select_device as ultralytics_select_device
-
-    spec = device.strip().lower()
-    if spec.startswith("cuda:"):
-        spec = spec[len("cuda:") :]
-    if spec == "cuda":
-        spec = "0"
-    try:
-        selected: torch.device = ultralytics_select_device(spec, verbose=False)
-    except (ValueError, RuntimeError, AssertionError) as err:
-        raise ConfigError(f"invalid --device {device!r}: {one_line(err)} (use '', 'cpu', 'cuda:0' or '0')") from None
-    if selected.type == "cpu":
-        torch.set_num_threads(available_cores())
-    return selected
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity-aware, e.g. under taskset or a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    half: bool = False  # fp16 on CUDA (ultralytics ignores it on CPU)
 
 
 def _resolve_detector_weights(name_or_path: str) -> str:
@@ -197,6 +167,7 @@ class Detector:
             classes=list(s.class_ids) if s.class_ids is not None else None,
             device=self.device,
             batch=len(images_bgr),
+            half=s.half,
             verbose=False,
             save=False,
         )

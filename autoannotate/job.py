@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from autoannotate import __version__
 from autoannotate.config import RunSettings
-from autoannotate.detect import Detector, DetectSettings, select_device
+from autoannotate.detect import Detector, DetectSettings
+from autoannotate.device import ComputePlan, apply_threads, plan_compute, select_device
 from autoannotate.errors import OutputError
 from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
 from autoannotate.pipeline import EMPTY, FAILED, OK, Annotator, ImageOutcome
@@ -53,6 +54,7 @@ class LoadedModels:
     sam_weights: Path
     sam_variant: str
     batch: int
+    plan: ComputePlan
 
 
 class AnnotationJob:
@@ -71,15 +73,17 @@ class AnnotationJob:
         """Pick the device, load both models, resolve ``--classes``. Raises ModelError / ConfigError."""
         s = self.settings
         device = select_device(s.device)
+        plan = plan_compute(device)
         detector = Detector.from_weights(s.det_model, device)
         class_ids = detector.resolve_classes(s.classes)
         detector = detector.with_settings(
-            DetectSettings(conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids)
+            DetectSettings(conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids, half=s.half)
         )
         sam_weights = resolve_sam_weights(s.sam_model)
-        segmenter = BoxSegmenter.from_weights(sam_weights, device)
+        segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
         batch = s.batch or default_batch_size(device)
-        self.models = LoadedModels(detector, segmenter, sam_weights, segmenter.variant or "unknown", batch)
+        apply_threads(plan)
+        self.models = LoadedModels(detector, segmenter, sam_weights, segmenter.variant or "unknown", batch, plan)
         return self.models
 
     def run(self) -> Iterator[ImageOutcome]:
@@ -99,6 +103,7 @@ class AnnotationJob:
             PolygonPolicy(PolygonMode(s.polygon), tolerance_px=s.tolerance, min_area_px=s.min_area),
             self.layout,
             batch=self.models.batch,
+            infer_workers=self.models.plan.infer_workers,
             overwrite=s.overwrite,
             owned_labels=read_written_labels(manifest_path),
         )
@@ -137,6 +142,8 @@ class AnnotationJob:
             "settings": s.to_dict(),
             "device": str(self.models.detector.device),
             "batch": self.models.batch,
+            "infer_workers": self.models.plan.infer_workers,
+            "torch_threads": self.models.plan.torch_threads,
             "models": self._model_records(),
             "counts": self._summary.to_dict(),
             "labels": labels,

@@ -1,13 +1,14 @@
 """Wire the stages: images -> detections -> masks -> polygons -> label files. Yields one outcome per image.
 
-Decoding (and SAM's CPU-side resize) runs ahead in worker threads while the models work on the current batch.
-One failing image never stops a run: it becomes a ``failed`` outcome with its reason. Nothing here prints.
+Decoding, inference and writing overlap in three thread pools (see ``Annotator``); outcomes come out in input
+order. One failing image never stops a run: it becomes a ``failed`` outcome with its reason. Nothing here prints.
 """
 
 from __future__ import annotations
 
 import os
-import queue
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +67,12 @@ def _decode(path: Path) -> tuple[np.ndarray, PreparedImage]:
 class Annotator:
     """Runs the models over a stream of images and writes one label file per image.
 
+    Three stages overlap, each in its own thread pool: decoding (and SAM's CPU-side resize), inference
+    (detector then segmenter, a batch of ``batch`` images at a time), and polygons plus label writing. On a GPU one
+    inference worker feeds the device while the other stages keep it busy; on a CPU, ``infer_workers`` images are
+    inferred at once, each on its own core (see ``job.plan_workers``), which beats splitting every operator across
+    cores for MobileSAM's many small ops. The detector is not thread-safe, so its calls are serialised.
+
     ``owned_labels``: label keys (see ``DatasetLayout.label_key``) an earlier run of this tool wrote; an existing
     label file not in it belongs to someone else and is only replaced with ``overwrite=True``.
     """
@@ -80,10 +87,13 @@ class Annotator:
         batch: int,
         overwrite: bool = False,
         owned_labels: frozenset[str] | set[str] = frozenset(),
-        decode_workers: int | None = None,
+        infer_workers: int = 1,
+        cpu_workers: int | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
+        if infer_workers < 1:
+            raise ValueError(f"infer_workers must be >= 1, got {infer_workers}")
         self.detector = detector
         self.segmenter = segmenter
         self.policy = policy
@@ -91,24 +101,28 @@ class Annotator:
         self.batch = batch
         self.overwrite = overwrite
         self.owned_labels = owned_labels
-        self.decode_workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
+        self.infer_workers = infer_workers
+        self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
+        self._detector_lock = threading.Lock()
 
     def run(self, images: Iterable[ImageSource]) -> Iterator[ImageOutcome]:
-        """Annotate ``images`` in order, yielding one outcome each as soon as its batch is done."""
+        """Annotate ``images`` in order, yielding one outcome each as soon as it and all before it are done."""
         claimed: set[Path] = set()
-        lookahead = 2  # batches decoded ahead of the one the models work on
-        pending: queue.SimpleQueue[list[_Item]] = queue.SimpleQueue()
-        in_flight = 0
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="autoannotate-decode") as pool:
+        max_in_flight = 2 * self.infer_workers + 2  # batches admitted but not yet yielded: bounds memory
+        pending: deque[Future[list[ImageOutcome]]] = deque()
+        with (
+            ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-decode") as decode_pool,
+            ThreadPoolExecutor(self.infer_workers, thread_name_prefix="autoannotate-infer") as infer_pool,
+            ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-write") as write_pool,
+        ):
             for batch in _batched(images, self.batch):
-                pending.put([self._admit(source, claimed, pool) for source in batch])
-                in_flight += 1
-                if in_flight > lookahead:
-                    yield from self._process(pending.get())
-                    in_flight -= 1
-            while in_flight:
-                yield from self._process(pending.get())
-                in_flight -= 1
+                items = [self._admit(source, claimed, decode_pool) for source in batch]
+                inferred = infer_pool.submit(self._infer_batch, items)
+                pending.append(write_pool.submit(self._finish_batch, inferred))
+                while len(pending) >= max_in_flight or (pending and pending[0].done()):
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
 
     def _admit(self, source: ImageSource, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""
@@ -128,7 +142,8 @@ class Annotator:
         item.job = pool.submit(_decode, source.path)
         return item
 
-    def _process(self, items: list[_Item]) -> Iterator[ImageOutcome]:
+    def _infer_batch(self, items: list[_Item]) -> list[_Item]:
+        """Inference stage: wait for the decoded images, then detect and segment them."""
         live: list[_Item] = []
         for item in items:
             if item.job is None:
@@ -139,18 +154,28 @@ class Annotator:
             except ImageError as err:
                 item.error = str(err)
             except Exception as err:  # a decoder crash on one file must not stop the run
-                item.error = f"cannot decode: {type(err).__name__}: {err}"
+                item.error = f"cannot decode: {one_line(err, 300)}"
             item.job = None
         self._infer(live)
-        for item in items:
-            yield self._finish(item)
+        return items
+
+    def _finish_batch(self, inferred: Future[list[_Item]]) -> list[ImageOutcome]:
+        """Writing stage: polygons and label files for a batch, once its inference is done."""
+        outcomes = []
+        for item in inferred.result():
+            try:
+                outcomes.append(self._finish(item))
+            except Exception as err:  # one image's polygons must not take the run down
+                outcomes.append(ImageOutcome(item.source, FAILED, error=f"writing labels failed: {one_line(err, 300)}"))
+        return outcomes
 
     def _infer(self, items: list[_Item]) -> None:
         """Detect, then segment, for all ``items`` at once; on a batch failure, retry one by one to isolate it."""
         if not items:
             return
         try:
-            detections = self.detector.detect([item.image_bgr for item in items])  # type: ignore[misc]
+            with self._detector_lock:
+                detections = self.detector.detect([item.image_bgr for item in items])  # type: ignore[misc]
             with_boxes = [(item, det) for item, det in zip(items, detections, strict=True) if len(det)]
             results = self.segmenter.segment(
                 [item.prepared for item, _ in with_boxes],  # type: ignore[misc]
@@ -165,8 +190,8 @@ class Annotator:
             return
         for item, det in zip(items, detections, strict=True):
             item.detections = det
-        for (item, _), result in zip(with_boxes, results, strict=True):
             item.prepared = None
+        for (item, _), result in zip(with_boxes, results, strict=True):
             item.image_bgr = None
             item.masks = result.masks
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoannotate.detect import Detector, DetectSettings, select_device
+from autoannotate.detect import Detector, DetectSettings
 from autoannotate.errors import ConfigError, ModelError
 
 
@@ -73,20 +73,6 @@ def test_resolve_classes():
         detector.resolve_classes(["unicorn"])
     with pytest.raises(ConfigError, match=r"0\.\.2"):
         detector.resolve_classes(["9"])
-
-
-def test_select_device_uses_every_core_on_cpu():
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert select_device("cpu").type == "cpu"
-        import os
-
-        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(ConfigError, match="--device"):
-        select_device("cuda:3")
 
 
 def test_from_weights_errors(tmp_path: Path, mobile_sam_weights: Path):
