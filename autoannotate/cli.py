@@ -215,6 +215,10 @@ def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -
     stdin: TextIO | None = sys.stdin if settings.data == "-" else None
     job = AnnotationJob(settings, stdin)
     models = job.load()
+    job.begin()
+    for notice in job.notices:
+        if not settings.quiet:
+            err_console.print(f"note: {notice}", markup=False)
     if not settings.quiet and not settings.json:
         plan = models.plan
         err_console.print(
@@ -230,9 +234,6 @@ def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -
                 err_console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
     else:
         _run_with_progress(job, err_console, settings.quiet)
-    for notice in job.notices:
-        if not settings.quiet:
-            err_console.print(f"note: {notice}", markup=False)
     summary = job.summary
     if settings.json:
         _emit(out, {"event": "summary", **summary.to_dict()})
@@ -252,6 +253,7 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
         TextColumn("{task.fields[rate]} img/s"),
         TextColumn("{task.fields[instances]} instances"),
         TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.fields[skipped]} skipped"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -260,23 +262,24 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
         transient=False,
     )
     with progress:
-        task = progress.add_task("annotate", total=None, total_text="?", rate="-", instances=0, failed=0)
+        task = progress.add_task("annotate", total=None, total_text="?", rate="-", instances=0, failed=0, skipped=0)
 
         def count_images() -> None:  # the walk streams; the total shows up as soon as it is known
             total = sum(1 for _ in iter_images(job.spec))
             progress.update(task, total=total, total_text=str(total))
 
         threading.Thread(target=count_images, name="autoannotate-count", daemon=True).start()
-        instances = failed = 0
+        instances = failed = skipped = 0
         for outcome in job.run():
             instances += outcome.instances
+            skipped += outcome.status == "skipped"
             if outcome.error:
                 failed += 1
                 progress.console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
             elapsed = progress.tasks[0].elapsed or 0.0
             done = progress.tasks[0].completed + 1
             rate = f"{done / elapsed:.2f}" if elapsed > 0 else "-"
-            progress.update(task, advance=1, instances=instances, failed=failed, rate=rate)
+            progress.update(task, advance=1, instances=instances, failed=failed, skipped=skipped, rate=rate)
 
 
 def _image_event(outcome: Any) -> dict[str, Any]:
@@ -316,6 +319,11 @@ def _route_library_logs_to_stderr(quiet: bool) -> None:
             handler.setStream(sys.stderr)
     if quiet:
         logger.setLevel(logging.ERROR)
+
+
+from autoannotate.cli_review import register as _register_review_commands  # noqa: E402  (needs ``app``)
+
+_register_review_commands(app)
 
 
 def main() -> None:

@@ -19,13 +19,23 @@ from autoannotate.detect import Detector, DetectSettings
 from autoannotate.device import ComputePlan, apply_threads, plan_compute, select_device
 from autoannotate.errors import OutputError
 from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
-from autoannotate.pipeline import EMPTY, FAILED, OK, Annotator, ImageOutcome
+from autoannotate.pipeline import EMPTY, FAILED, OK, SKIPPED, Annotator, ImageOutcome
 from autoannotate.polygons import PolygonMode, PolygonPolicy
+from autoannotate.resume import (
+    JOURNAL_NAME,
+    MANIFEST_NAME,
+    Journal,
+    LabelEntry,
+    PreviousRun,
+    image_signature,
+    load_previous,
+    settings_fingerprint,
+)
 from autoannotate.segment import BoxSegmenter, default_batch_size, resolve_sam_weights
 from autoannotate.sources import SourceSpec, iter_images, resolve_data
 from autoannotate.writers import dataset_yaml
 from autoannotate.writers.atomic import write_text_atomic
-from autoannotate.writers.manifest import MANIFEST_NAME, file_sha256, format_manifest, read_written_labels
+from autoannotate.writers.manifest import file_sha256, format_manifest
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class LoadedModels:
     sam_variant: str
     batch: int
     plan: ComputePlan
+    model_records: dict[str, Any]
+    class_ids: tuple[int, ...] | None
 
 
 class AnnotationJob:
@@ -68,6 +80,7 @@ class AnnotationJob:
         self.data_yaml_path: Path = self.layout.output_dir / DATA_YAML
         self.notices: list[str] = []  # one-line warnings for the user (e.g. data.yaml written under another name)
         self._summary: Summary | None = None
+        self._previous: PreviousRun | None = None
 
     def load(self) -> LoadedModels:
         """Pick the device, load both models, resolve ``--classes``. Raises ModelError / ConfigError."""
@@ -83,20 +96,100 @@ class AnnotationJob:
         segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
         batch = s.batch or default_batch_size(device)
         apply_threads(plan)
-        self.models = LoadedModels(detector, segmenter, sam_weights, segmenter.variant or "unknown", batch, plan)
+        self.models = LoadedModels(
+            detector,
+            segmenter,
+            sam_weights,
+            segmenter.variant or "unknown",
+            batch,
+            plan,
+            model_records=_model_records(s, detector.weights_path, sam_weights, segmenter.variant or "unknown"),
+            class_ids=class_ids,
+        )
         return self.models
 
-    def run(self) -> Iterator[ImageOutcome]:
-        """Annotate every image; data.yaml is written first, the manifest last. Raises OutputError up front."""
+    def label_settings(self) -> dict[str, Any]:
+        """Everything that decides label contents: a change re-annotates images on resume."""
+        assert self.models is not None
+        s = self.settings
+        records = self.models.model_records
+        return {
+            "version": __version__,
+            "det_model_sha256": records["detector"].get("sha256"),
+            "sam_model_sha256": records["segmenter"].get("sha256"),
+            "conf": s.conf,
+            "iou": s.iou,
+            "imgsz": s.imgsz,
+            "max_det": s.max_det,
+            "classes": list(self.models.class_ids) if self.models.class_ids is not None else None,
+            "tolerance": s.tolerance,
+            "min_area": s.min_area,
+            "polygon": s.polygon,
+            "half": s.half,
+        }
+
+    def begin(self) -> PreviousRun:
+        """Load models if needed, create the output dir, read earlier runs, write data.yaml; fills ``notices``.
+
+        Idempotent; ``run()`` calls it, and the CLI calls it first to show the notices before any image.
+        """
+        if self._previous is not None:
+            return self._previous
         if self.models is None:
             self.load()
+        prepare_output(self.layout)
+        previous = load_previous(self.layout.output_dir)
+        label_settings = self.label_settings()
+        fingerprint = settings_fingerprint(label_settings)
+        if previous.entries and previous.fingerprint not in (None, fingerprint) and not self.settings.overwrite:
+            self.notices.append(_changed_settings_notice(previous.settings, label_settings))
+        self.data_yaml_path = self._write_data_yaml()
+        self._previous = previous
+        return previous
+
+    def run(self) -> Iterator[ImageOutcome]:
+        """Annotate every image, resuming what earlier runs did. Raises OutputError up front.
+
+        data.yaml and a first manifest are written before any label; the manifest is rewritten at checkpoints and
+        at the end, and every label write is journalled as it happens (see ``resume.py``).
+        """
+        previous = self.begin()
         assert self.models is not None
         s = self.settings
         started = time.perf_counter()
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        prepare_output(self.layout)
-        self.data_yaml_path = self._write_data_yaml()
-        manifest_path = self.layout.output_dir / MANIFEST_NAME
+        out = self.layout.output_dir
+        label_settings = self.label_settings()
+        fingerprint = settings_fingerprint(label_settings)
+        entries: dict[str, LabelEntry] = {} if s.overwrite else dict(previous.entries)
+        owned = set(previous.owned)
+        counts = {"images": 0, OK: 0, EMPTY: 0, FAILED: 0, SKIPPED: 0, "instances": 0, "empty_masks": 0}
+
+        def manifest(state: str) -> dict[str, Any]:
+            seconds = time.perf_counter() - started
+            return {
+                "tool": "autoannotate",
+                "version": __version__,
+                "state": state,
+                "started_at": started_at,
+                "settings": s.to_dict(),
+                "label_settings": label_settings,
+                "fingerprint": fingerprint,
+                "device": str(self.models.plan.device) if self.models else None,
+                "batch": self.models.batch if self.models else None,
+                "infer_workers": self.models.plan.infer_workers if self.models else None,
+                "torch_threads": self.models.plan.torch_threads if self.models else None,
+                "models": self.models.model_records if self.models else None,
+                "data_yaml": str(self.data_yaml_path),
+                "counts": dict(counts),
+                "seconds": round(seconds, 3),
+                # labels an earlier run owned but which are not known done stay listed, so they stay ours
+                "labels": {key: (entries[key].to_dict() if key in entries else {}) for key in sorted(owned)},
+            }
+
+        manifest_path = out / MANIFEST_NAME
+        write_text_atomic(manifest_path, format_manifest(manifest("running")))
+        journal = Journal(out / JOURNAL_NAME)
         annotator = Annotator(
             self.models.detector,
             self.models.segmenter,
@@ -105,50 +198,47 @@ class AnnotationJob:
             batch=self.models.batch,
             infer_workers=self.models.plan.infer_workers,
             overwrite=s.overwrite,
-            owned_labels=read_written_labels(manifest_path),
+            previous=previous,
+            fingerprint=fingerprint,
+            journal=journal,
         )
-        counts = {"images": 0, OK: 0, EMPTY: 0, FAILED: 0, "instances": 0, "empty_masks": 0}
-        labels: dict[str, dict[str, Any]] = {}
-        for outcome in annotator.run(iter_images(self.spec)):
-            counts["images"] += 1
-            counts[outcome.status] += 1
-            counts["instances"] += outcome.instances
-            counts["empty_masks"] += outcome.empty_masks
-            if outcome.label_path is not None:
-                key = outcome.label_path.relative_to(self.layout.output_dir).as_posix()
-                labels[key] = {
-                    "image": str(outcome.source.path),
-                    "status": outcome.status,
-                    "instances": outcome.instances,
-                }
-            yield outcome
+        complete = False
+        last_checkpoint = time.monotonic()
+        try:
+            for outcome in annotator.run(iter_images(self.spec)):
+                counts["images"] += 1
+                counts[outcome.status] += 1
+                counts["instances"] += outcome.instances
+                counts["empty_masks"] += outcome.empty_masks
+                if outcome.label_path is not None and outcome.status in (OK, EMPTY):
+                    key = outcome.label_path.relative_to(out).as_posix()
+                    signature = image_signature(outcome.source.path) or (0, 0)
+                    entries[key] = LabelEntry(
+                        str(outcome.source.path), outcome.status, outcome.instances, fingerprint, *signature
+                    )
+                    owned.add(key)
+                yield outcome
+                if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                    write_text_atomic(manifest_path, format_manifest(manifest("running")))
+                    last_checkpoint = time.monotonic()
+            complete = True
+        finally:
+            write_text_atomic(manifest_path, format_manifest(manifest("complete" if complete else "interrupted")))
+            # The journal may hold writes whose outcomes were never consumed: keep it unless the run completed.
+            journal.close(remove=complete)
         seconds = time.perf_counter() - started
         self._summary = Summary(
             images=counts["images"],
             labeled=counts[OK] + counts[EMPTY],
             instances=counts["instances"],
             failed=counts[FAILED],
-            skipped=0,
+            skipped=counts[SKIPPED],
             empty_masks=counts["empty_masks"],
-            output_dir=str(self.layout.output_dir),
+            output_dir=str(out),
             data_yaml=str(self.data_yaml_path),
             seconds=round(seconds, 3),
             images_per_s=round(counts["images"] / seconds, 3) if seconds > 0 else 0.0,
         )
-        manifest = {
-            "tool": "autoannotate",
-            "version": __version__,
-            "started_at": started_at,
-            "settings": s.to_dict(),
-            "device": str(self.models.detector.device),
-            "batch": self.models.batch,
-            "infer_workers": self.models.plan.infer_workers,
-            "torch_threads": self.models.plan.torch_threads,
-            "models": self._model_records(),
-            "counts": self._summary.to_dict(),
-            "labels": labels,
-        }
-        write_text_atomic(manifest_path, format_manifest(manifest))
 
     @property
     def summary(self) -> Summary:
@@ -179,16 +269,26 @@ class AnnotationJob:
         write_text_atomic(path, text)
         return path
 
-    def _model_records(self) -> dict[str, Any]:
-        assert self.models is not None
-        records: dict[str, Any] = {}
-        for role, name, path in (
-            ("detector", self.settings.det_model, self.models.detector.weights_path),
-            ("segmenter", self.settings.sam_model, str(self.models.sam_weights)),
-        ):
-            entry: dict[str, Any] = {"name": name, "path": path}
-            if path and os.path.exists(path):
-                entry["sha256"] = file_sha256(path)
-            records[role] = entry
-        records["segmenter"]["variant"] = self.models.sam_variant
-        return records
+
+CHECKPOINT_SECONDS = 30.0
+
+
+def _model_records(settings: RunSettings, det_path: str | None, sam_path: Path, sam_variant: str) -> dict[str, Any]:
+    """Each model's name as given, the file loaded, and its sha256 (for the manifest and the resume fingerprint)."""
+    records: dict[str, Any] = {}
+    for role, name, path in (("detector", settings.det_model, det_path), ("segmenter", settings.sam_model, sam_path)):
+        entry: dict[str, Any] = {"name": name, "path": str(path) if path else None}
+        if path and os.path.exists(path):
+            entry["sha256"] = file_sha256(path)
+        records[role] = entry
+    records["segmenter"]["variant"] = sam_variant
+    return records
+
+
+def _changed_settings_notice(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """One line saying what changed since the last run, and that its labels will be redone."""
+    before = before or {}
+    previous = before.get("label_settings", before) if isinstance(before, dict) else {}
+    changed = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in now.items() if previous.get(k) != v]
+    what = "; ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") if changed else "settings or models"
+    return f"settings changed since the last run ({what}): its labels are redone"

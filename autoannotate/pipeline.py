@@ -22,12 +22,13 @@ from autoannotate.detect import Detections, Detector
 from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.layout import DatasetLayout, link_image
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
+from autoannotate.resume import Journal, LabelEntry, PreviousRun, image_signature
 from autoannotate.segment import BoxSegmenter, PreparedImage, prepare_image
 from autoannotate.sources import ImageSource, read_image_bgr
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.yolo import format_label_file, format_polygon_line
 
-OK, EMPTY, FAILED = "ok", "empty", "failed"
+OK, EMPTY, FAILED, SKIPPED = "ok", "empty", "failed", "skipped"
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ImageOutcome:
     """What happened to one image. ``label_path`` is set whenever a label file was written."""
 
     source: ImageSource
-    status: str  # "ok" (>= 1 instance written) | "empty" (empty label file written) | "failed"
+    status: str  # "ok" (>= 1 instance written) | "empty" (empty label file written) | "failed" | "skipped" (done)
     label_path: Path | None = None
     instances: int = 0
     detections: int = 0
@@ -49,6 +50,9 @@ class _Item:
 
     source: ImageSource
     label_path: Path
+    key: str = ""  # the label's manifest key
+    signature: tuple[int, int] | None = None  # the image file's (size, mtime_ns) when admitted
+    skipped: LabelEntry | None = None  # done by an earlier run with the same settings: nothing to do
     job: Future[tuple[np.ndarray, PreparedImage]] | None = None
     error: str | None = None
     image_bgr: np.ndarray | None = None
@@ -73,8 +77,10 @@ class Annotator:
     inferred at once, each on its own core (see ``job.plan_workers``), which beats splitting every operator across
     cores for MobileSAM's many small ops. The detector is not thread-safe, so its calls are serialised.
 
-    ``owned_labels``: label keys (see ``DatasetLayout.label_key``) an earlier run of this tool wrote; an existing
-    label file not in it belongs to someone else and is only replaced with ``overwrite=True``.
+    ``previous``: what earlier runs wrote (``resume.load_previous``). A label it lists as done with the same
+    ``fingerprint`` for an unchanged image is skipped; an existing label file it does not own belongs to someone
+    else and is only replaced with ``overwrite=True`` (which also redoes everything). ``journal`` records each
+    label write as it happens.
     """
 
     def __init__(
@@ -86,7 +92,9 @@ class Annotator:
         *,
         batch: int,
         overwrite: bool = False,
-        owned_labels: frozenset[str] | set[str] = frozenset(),
+        previous: PreviousRun | None = None,
+        fingerprint: str = "",
+        journal: Journal | None = None,
         infer_workers: int = 1,
         cpu_workers: int | None = None,
     ) -> None:
@@ -100,7 +108,9 @@ class Annotator:
         self.layout = layout
         self.batch = batch
         self.overwrite = overwrite
-        self.owned_labels = owned_labels
+        self.previous = previous or PreviousRun({}, frozenset(), None, None)
+        self.fingerprint = fingerprint
+        self.journal = journal
         self.infer_workers = infer_workers
         self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
         self._detector_lock = threading.Lock()
@@ -135,10 +145,22 @@ class Annotator:
             )
             return item
         claimed.add(label_path)
-        key = self.layout.label_key(source.rel_path)
-        if not self.overwrite and key not in self.owned_labels and (label_path.exists() or label_path.is_symlink()):
-            item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
-            return item
+        item.key = key = self.layout.label_key(source.rel_path)
+        item.signature = image_signature(source.path)
+        exists = label_path.exists() or label_path.is_symlink()
+        if not self.overwrite and exists:
+            done = self.previous.entries.get(key)
+            if (
+                done is not None
+                and done.fingerprint == self.fingerprint
+                and (done.image_size, done.image_mtime_ns) == item.signature
+                and label_path.is_file()
+            ):
+                item.skipped = done
+                return item
+            if key not in self.previous.owned:
+                item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
+                return item
         item.job = pool.submit(_decode, source.path)
         return item
 
@@ -196,6 +218,8 @@ class Annotator:
             item.masks = result.masks
 
     def _finish(self, item: _Item) -> ImageOutcome:
+        if item.skipped is not None:
+            return ImageOutcome(item.source, SKIPPED, label_path=item.label_path, instances=item.skipped.instances)
         if item.error is not None:
             return ImageOutcome(item.source, FAILED, error=item.error)
         det = item.detections if item.detections is not None else Detections.empty()
@@ -209,14 +233,20 @@ class Annotator:
                 empty_masks += 1
             class_id = int(det.class_id[index])
             lines.extend(format_polygon_line(class_id, polygon, (width, height)) for polygon in polygons)
+        status = OK if lines else EMPTY
         try:
             link_image(self.layout, item.source.rel_path, item.source.path)
+            if self.journal is not None:
+                self.journal.pending(item.key)
             write_text_atomic(item.label_path, format_label_file(lines))
+            if self.journal is not None and item.signature is not None:
+                entry = LabelEntry(str(item.source.path), status, len(lines), self.fingerprint, *item.signature)
+                self.journal.done(item.key, entry)
         except OutputError as err:
             return ImageOutcome(item.source, FAILED, detections=len(det), error=str(err))
         return ImageOutcome(
             item.source,
-            OK if lines else EMPTY,
+            status,
             label_path=item.label_path,
             instances=len(lines),
             detections=len(det),

@@ -11,7 +11,7 @@ import pytest
 from autoannotate.errors import OutputError
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.dataset_yaml import format_data_yaml, is_ours
-from autoannotate.writers.manifest import file_sha256, read_written_labels
+from autoannotate.writers.manifest import file_sha256
 from autoannotate.writers.yolo import format_label_file, format_polygon_line, parse_label_file
 
 
@@ -113,12 +113,6 @@ def test_manifest_helpers(tmp_path: Path):
     f = tmp_path / "w.bin"
     f.write_bytes(b"abc")
     assert file_sha256(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    m = tmp_path / "autoannotate.json"
-    assert read_written_labels(m) == set()
-    m.write_text('{"labels": {"labels/a.txt": {}, "labels/b/c.txt": {}}}')
-    assert read_written_labels(m) == {"labels/a.txt", "labels/b/c.txt"}
-    m.write_text("{not json")
-    assert read_written_labels(m) == set()
 
 
 @pytest.mark.parametrize("resolution_wh", [(1920, 1080), (640, 480), (333, 777)], ids=["1920x1080", "640x480", "odd"])

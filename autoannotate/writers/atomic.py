@@ -18,7 +18,11 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
 
     Raises OutputError with a one-line reason (read-only directory, full disk, ...); the old file is untouched.
     """
-    data = text.encode("utf-8")
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see ``write_text_atomic``)."""
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,4 @@
-"""The run manifest ``autoannotate.json``: tool version, settings, models with sha256, counts, timings, and the
-label files this tool wrote (so that a rerun knows which files it may replace)."""
+"""The run manifest ``autoannotate.json``: formatting and model file hashes (``resume.py`` reads it back)."""
 
 from __future__ import annotations
 
@@ -7,8 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
-
-MANIFEST_NAME = "autoannotate.json"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,16 +23,3 @@ def file_sha256(path: str | Path) -> str:
 def format_manifest(manifest: dict[str, Any]) -> str:
     """Stable, human-readable JSON text."""
     return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-
-
-def read_written_labels(path: Path) -> set[str]:
-    """Label paths (relative to the output dir, POSIX) that an earlier run's manifest says it wrote.
-
-    A missing or unreadable manifest yields an empty set: then no existing label counts as ours.
-    """
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    labels = manifest.get("labels") if isinstance(manifest, dict) else None
-    return {str(k) for k in labels} if isinstance(labels, dict) else set()

@@ -1,0 +1,250 @@
+"""Read an existing YOLO-seg dataset: pair a labels tree with its images, parse label lines, read class names.
+
+Pairing follows ultralytics: the label of image ``<images_root>/a/b.jpg`` is ``<labels_root>/a/b.txt`` (suffix
+replaced, see ``DatasetLayout.label_path``). Parsing is per line, so that one bad line is reported with its number
+and the other lines of the file are still read; it accepts exactly what ``autoannotate.writers.yolo.parse_label_file``
+accepts, plus ultralytics' UTF-8 byte-order mark, and adds the checks ultralytics makes when it loads a label
+(coordinates in [0, 1], finite values).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import yaml
+
+from autoannotate.errors import ConfigError, InputError
+from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML
+from autoannotate.sources import iter_images, read_image_bgr, resolve_data
+
+__all__ = [
+    "LabelLine",
+    "LabelPair",
+    "LineProblem",
+    "find_data_yaml",
+    "iter_pairs",
+    "parse_label_lines",
+    "read_image_size_wh",
+    "read_label_file",
+    "read_names",
+]
+
+
+@dataclass(frozen=True)
+class LabelPair:
+    """One entry of a dataset: an image and/or its label file.
+
+    Attributes:
+        rel_stem: path relative to the image (and label) root, POSIX, without suffix: ``a/b`` for ``a/b.jpg``.
+        image_path: the image, or None for a label file without an image.
+        image_rel: the image's path relative to the image root (with suffix), or None.
+        label_path: the label file, or None for an image without one.
+    """
+
+    rel_stem: PurePosixPath
+    image_path: Path | None
+    image_rel: PurePosixPath | None
+    label_path: Path | None
+
+
+@dataclass(frozen=True)
+class LabelLine:
+    """One parsed label line: ``polygon_norm`` is float64 ``(K, 2)`` x, y normalised (pixel centres), K >= 3."""
+
+    line: int
+    class_id: int
+    polygon_norm: np.ndarray
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """A problem in a label file. ``line`` is 1-based, or None for the file as a whole."""
+
+    line: int | None
+    message: str
+
+
+def iter_pairs(labels_root: Path, images_root: Path) -> Iterator[LabelPair]:
+    """Pair every image under ``images_root`` with its label file under ``labels_root``.
+
+    ``images_root`` is anything ``--data`` accepts (directory, image, ``.txt`` list, glob); images are found with
+    ``autoannotate.sources.iter_images``. Label files are the ``*.txt`` files below ``labels_root`` (recursive).
+    Yields, sorted by ``rel_stem`` then image path: matched pairs, images without a label file
+    (``label_path`` None) and label files without an image (``image_path`` None). Two images that differ only in
+    suffix (``a.jpg``, ``a.png``) share one label file, as in ultralytics: both pairs carry it.
+
+    Raises InputError when either root does not exist.
+    """
+    if not labels_root.is_dir():
+        raise InputError(f"labels dir {str(labels_root)!r} does not exist or is not a directory; pass the labels tree")
+    spec = resolve_data(str(images_root))
+    labels = {
+        PurePosixPath(path.relative_to(labels_root).with_suffix("").as_posix()): path
+        for path in _walk_label_files(labels_root)
+    }
+    pairs: list[LabelPair] = []
+    matched: set[PurePosixPath] = set()
+    for source in iter_images(spec):
+        stem = source.rel_path.with_suffix("")
+        label = labels.get(stem)
+        if label is not None:
+            matched.add(stem)
+        pairs.append(LabelPair(stem, source.path, source.rel_path, label))
+    pairs.extend(LabelPair(stem, None, None, path) for stem, path in labels.items() if stem not in matched)
+    pairs.sort(key=lambda p: (p.rel_stem.as_posix(), str(p.image_path or "")))
+    yield from pairs
+
+
+def _walk_label_files(root: Path) -> list[Path]:
+    """``*.txt`` files below ``root``, sorted; directory symlinks are not followed (no loops, no duplicates)."""
+    found = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            if name.endswith(".txt") and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def parse_label_lines(text: str) -> tuple[list[LabelLine], list[LineProblem]]:
+    """Parse YOLO-seg label text line by line.
+
+    Returns the lines that parse (``class x1 y1 ... xK yK``, K >= 3, finite numbers) and a problem per line that
+    does not. A line that parses can still have a problem: coordinates outside [0, 1] are reported and the line is
+    kept (so statistics still count it). Blank lines are skipped, as ultralytics does.
+    """
+    rows: list[LabelLine] = []
+    problems: list[LineProblem] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        values: list[float] = []
+        bad = None
+        for field in fields:
+            try:
+                values.append(float(field))
+            except ValueError:
+                bad = field
+                break
+        if bad is not None:
+            problems.append(LineProblem(number, f"non-numeric value {bad!r}"))
+            continue
+        if not values[0].is_integer() or values[0] < 0:
+            problems.append(LineProblem(number, f"class id {fields[0]!r} is not a non-negative integer"))
+            continue
+        coords = values[1:]
+        if len(coords) % 2:
+            problems.append(LineProblem(number, f"odd number of coordinates ({len(coords)}); expected x y pairs"))
+            continue
+        if len(coords) < 6:
+            problems.append(LineProblem(number, f"polygon has {len(coords) // 2} points; at least 3 needed"))
+            continue
+        if not all(math.isfinite(v) for v in coords):
+            problems.append(LineProblem(number, "coordinate is not a finite number"))
+            continue
+        outside = [v for v in coords if not 0.0 <= v <= 1.0]
+        if outside:
+            more = f" (+{len(outside) - 1} more)" if len(outside) > 1 else ""
+            problems.append(LineProblem(number, f"coordinate {outside[0]:g} outside [0, 1]{more}"))
+        rows.append(LabelLine(number, int(values[0]), np.array(coords, dtype=np.float64).reshape(-1, 2)))
+    return rows, problems
+
+
+def read_label_file(path: Path) -> tuple[list[LabelLine], list[LineProblem]]:
+    """Read and parse one label file (UTF-8, an optional byte-order mark, as ultralytics reads it).
+
+    An unreadable or non-UTF-8 file gives no rows and one file-level problem (``line`` None).
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        return [], [LineProblem(None, f"cannot read: {err.strerror or err}")]
+    except UnicodeDecodeError:
+        return [], [LineProblem(None, "not UTF-8 text")]
+    return parse_label_lines(text)
+
+
+def read_names(data_yaml: Path) -> dict[int, str]:
+    """Class names from a dataset YAML's ``names``: a ``{id: name}`` mapping or a list (ids 0..n-1).
+
+    Raises ConfigError naming the file when it cannot be read or has no usable ``names``.
+    """
+    where = str(data_yaml)
+    try:
+        content = yaml.safe_load(data_yaml.read_text(encoding="utf-8-sig"))
+    except OSError as err:
+        raise ConfigError(f"cannot read names file {where!r}: {err.strerror or err}; pass a data.yaml") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())[:120]
+        raise ConfigError(f"names file {where!r} is not valid YAML ({reason}); pass a data.yaml") from None
+    names = content.get("names") if isinstance(content, dict) else None
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, Mapping) or not names:
+        raise ConfigError(f"names file {where!r} has no 'names' mapping or list; expected e.g. names: {{0: person}}")
+    out: dict[int, str] = {}
+    for key, value in names.items():
+        try:
+            class_id = int(key)
+        except (TypeError, ValueError):
+            class_id = -1
+        if class_id < 0 or isinstance(key, bool) or (isinstance(key, float) and not key.is_integer()):
+            raise ConfigError(f"names file {where!r}: class id {key!r} is not a non-negative integer")
+        out[class_id] = str(value)
+    return dict(sorted(out.items()))
+
+
+def find_data_yaml(labels_root: Path) -> Path | None:
+    """The dataset YAML that goes with a labels tree, if one is there.
+
+    Looks in the labels dir's parent and in the parent of the nearest enclosing dir named ``labels`` (the dataset
+    root of ``ds/labels/train``), for ``data.yaml`` then ``autoannotate.data.yaml`` (what ``run`` writes when a
+    foreign data.yaml is in the way).
+    """
+    absolute = Path(os.path.abspath(labels_root))
+    candidates = [absolute.parent]
+    for folder in (absolute, *absolute.parents):
+        if folder.name == "labels":
+            candidates.append(folder.parent)
+            break
+    for directory in candidates:
+        for name in (DATA_YAML, FALLBACK_DATA_YAML):
+            if (directory / name).is_file():
+                return directory / name
+    return None
+
+
+def read_image_size_wh(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as ``autoannotate.sources.read_image_bgr`` decodes it (EXIF applied).
+
+    The header is read with Pillow when the image carries no EXIF orientation (or the identity): then the stored
+    size is the decoded size. Otherwise, or when Pillow cannot tell, the image is decoded with OpenCV, so the answer
+    always matches the frame the labels were normalised in. Raises ImageError with the reason.
+    """
+    size_wh = _header_size_wh(path)
+    if size_wh is not None:
+        return size_wh
+    image_bgr = read_image_bgr(path)
+    return int(image_bgr.shape[1]), int(image_bgr.shape[0])
+
+
+def _header_size_wh(path: Path) -> tuple[int, int] | None:
+    """The stored size from the header when no EXIF orientation changes it; None when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(0x0112)
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError):
+        return None  # OpenCV decodes it (or reports why it cannot)
+    if orientation not in (None, 1) or width < 1 or height < 1:
+        return None
+    return int(width), int(height)
