@@ -287,8 +287,7 @@ def _model_records(settings: RunSettings, det_path: str | None, sam_path: Path, 
 
 def _changed_settings_notice(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
     """One line saying what changed since the last run, and that its labels will be redone."""
-    before = before or {}
-    previous = before.get("label_settings", before) if isinstance(before, dict) else {}
+    previous = before or {}
     changed = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in now.items() if previous.get(k) != v]
     what = "; ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") if changed else "settings or models"
     return f"settings changed since the last run ({what}): its labels are redone"

@@ -63,7 +63,7 @@ class PreviousRun:
     entries: dict[str, LabelEntry]
     owned: frozenset[str]
     fingerprint: str | None  # of the last run that recorded one
-    settings: dict[str, Any] | None
+    settings: dict[str, Any] | None  # the label settings behind ``fingerprint``
 
 
 def settings_fingerprint(label_settings: Mapping[str, Any]) -> str:
@@ -93,7 +93,8 @@ def load_previous(output_dir: Path) -> PreviousRun:
         manifest = None
     if isinstance(manifest, dict):
         fingerprint = manifest.get("fingerprint") if isinstance(manifest.get("fingerprint"), str) else None
-        settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else None
+        label_settings = manifest.get("label_settings")
+        settings = label_settings if isinstance(label_settings, dict) else None
         labels = manifest.get("labels")
         if isinstance(labels, dict):
             for key, value in labels.items():
