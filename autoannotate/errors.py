@@ -33,7 +33,14 @@ class ImageError(AutoAnnotateError):
 
 
 class OutputError(AutoAnnotateError):
-    """The output directory cannot be written, or writing would overwrite a file this tool did not write."""
+    """The output directory cannot be written, or writing would overwrite a file this tool did not write.
+
+    ``errno`` is the OS error number when an OS call failed (ENOSPC, EROFS, ...), else None.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def one_line(err: BaseException, limit: int = 160) -> str:

@@ -223,8 +223,11 @@ class AnnotationJob:
                     last_checkpoint = time.monotonic()
             complete = True
         finally:
-            write_text_atomic(manifest_path, format_manifest(manifest("complete" if complete else "interrupted")))
             # The journal may hold writes whose outcomes were never consumed: keep it unless the run completed.
+            try:
+                write_text_atomic(manifest_path, format_manifest(manifest("complete" if complete else "interrupted")))
+            except OutputError:
+                complete = False  # e.g. the disk is full: the last manifest and the journal still say it all
             journal.close(remove=complete)
         seconds = time.perf_counter() - started
         self._summary = Summary(

@@ -6,6 +6,7 @@ order. One failing image never stops a run: it becomes a ``failed`` outcome with
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import deque
@@ -23,12 +24,14 @@ from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.layout import DatasetLayout, link_image
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.resume import Journal, LabelEntry, PreviousRun, image_signature
-from autoannotate.segment import BoxSegmenter, PreparedImage, prepare_image
+from autoannotate.segment import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
 from autoannotate.sources import ImageSource, read_image_bgr
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.yolo import format_label_file, format_polygon_line
 
 OK, EMPTY, FAILED, SKIPPED = "ok", "empty", "failed", "skipped"
+# A full disk, a read-only file system, an exhausted quota: the run stops (exit 2) instead of failing every image.
+_FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class _Item:
     image_bgr: np.ndarray | None = None
     prepared: PreparedImage | None = None
     detections: Detections | None = None
-    masks: np.ndarray | None = None  # (N, H, W) bool, aligned with detections
+    segmentation: SegmentationResult | None = None  # masks aligned with detections
 
 
 def _decode(path: Path) -> tuple[np.ndarray, PreparedImage]:
@@ -114,6 +117,7 @@ class Annotator:
         self.infer_workers = infer_workers
         self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
         self._detector_lock = threading.Lock()
+        self._batch_cap = batch  # lowered after running out of device memory
 
     def run(self, images: Iterable[ImageSource]) -> Iterator[ImageOutcome]:
         """Annotate ``images`` in order, yielding one outcome each as soon as it and all before it are done."""
@@ -187,12 +191,23 @@ class Annotator:
         for item in inferred.result():
             try:
                 outcomes.append(self._finish(item))
+            except OutputError:
+                raise
             except Exception as err:  # one image's polygons must not take the run down
                 outcomes.append(ImageOutcome(item.source, FAILED, error=f"writing labels failed: {one_line(err, 300)}"))
         return outcomes
 
     def _infer(self, items: list[_Item]) -> None:
-        """Detect, then segment, for all ``items`` at once; on a batch failure, retry one by one to isolate it."""
+        """Detect, then segment, ``items`` in chunks of at most the current batch cap.
+
+        A chunk that fails is halved and retried, down to single images, so one bad image fails alone. Running out of
+        device memory also lowers the cap for the rest of the run (halved on each out-of-memory error).
+        """
+        cap = self._batch_cap
+        for start in range(0, len(items), cap):
+            self._infer_chunk(items[start : start + cap])
+
+    def _infer_chunk(self, items: list[_Item]) -> None:
         if not items:
             return
         try:
@@ -204,18 +219,25 @@ class Annotator:
                 [det.xyxy for _, det in with_boxes],
             )
         except Exception as err:
+            out_of_memory = _is_out_of_memory(err)
+            if out_of_memory:
+                self.segmenter.release_cached_memory()
+                with self._detector_lock:
+                    self._batch_cap = max(1, min(self._batch_cap, len(items) // 2))
             if len(items) > 1:
-                for item in items:
-                    self._infer([item])
+                half = len(items) // 2
+                self._infer_chunk(items[:half])
+                self._infer_chunk(items[half:])
                 return
-            items[0].error = f"inference failed: {one_line(err, 300)}"
+            reason = "out of device memory even one image at a time" if out_of_memory else "inference failed"
+            items[0].error = f"{reason}: {one_line(err, 300)}"
             return
         for item, det in zip(items, detections, strict=True):
             item.detections = det
             item.prepared = None
         for (item, _), result in zip(with_boxes, results, strict=True):
             item.image_bgr = None
-            item.masks = result.masks
+            item.segmentation = result
 
     def _finish(self, item: _Item) -> ImageOutcome:
         if item.skipped is not None:
@@ -223,12 +245,13 @@ class Annotator:
         if item.error is not None:
             return ImageOutcome(item.source, FAILED, error=item.error)
         det = item.detections if item.detections is not None else Detections.empty()
-        masks = item.masks
+        segmentation = item.segmentation
         height, width = _image_hw(item)
         lines: list[str] = []
         empty_masks = 0
         for index in range(len(det)):
-            polygons = mask_to_polygons(masks[index], self.policy) if masks is not None else []
+            # one full-size mask at a time: a huge image with many boxes never holds them all
+            polygons = mask_to_polygons(segmentation.mask(index), self.policy) if segmentation is not None else []
             if not polygons:
                 empty_masks += 1
             class_id = int(det.class_id[index])
@@ -243,6 +266,8 @@ class Annotator:
                 entry = LabelEntry(str(item.source.path), status, len(lines), self.fingerprint, *item.signature)
                 self.journal.done(item.key, entry)
         except OutputError as err:
+            if err.errno in _FATAL_WRITE_ERRNOS:  # every further write would fail too: stop with one line
+                raise
             return ImageOutcome(item.source, FAILED, detections=len(det), error=str(err))
         return ImageOutcome(
             item.source,
@@ -254,9 +279,14 @@ class Annotator:
         )
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (or the RuntimeError older torch raises), told apart without importing torch."""
+    return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+
+
 def _image_hw(item: _Item) -> tuple[int, int]:
-    if item.masks is not None:
-        return int(item.masks.shape[1]), int(item.masks.shape[2])
+    if item.segmentation is not None:
+        return item.segmentation.original_hw
     if item.image_bgr is not None:
         return int(item.image_bgr.shape[0]), int(item.image_bgr.shape[1])
     return 0, 0

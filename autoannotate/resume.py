@@ -14,6 +14,7 @@ current settings fingerprint and the image is unchanged (same size and modificat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -146,7 +147,8 @@ class Journal:
     def close(self, *, remove: bool) -> None:
         with self._lock:
             if self._fd >= 0:
-                os.fsync(self._fd)
+                with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+                    os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
         if remove:

@@ -64,6 +64,8 @@ _VIT_VARIANTS = {(768, 12): "sam_b", (1024, 24): "sam_l", (1280, 32): "sam_h"}
 _SAM_FLAG_HINT = "pass a SAM or MobileSAM checkpoint with --sam-model (e.g. mobile_sam.pt)"
 # Bytes of float32 full-resolution logits allowed per postprocessing chunk.
 _POSTPROCESS_BUDGET_BYTES = 256 * 1024**2
+# Above this many bytes of (N, H, W) bool masks, masks are computed one box at a time when asked for.
+_EAGER_MASK_BYTES = 256 * 1024**2
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -350,21 +352,65 @@ class SegmentationResult:
     """Masks for one image, aligned 1:1 and in order with the boxes that prompted them.
 
     Attributes:
-        masks: ``(N, H, W)`` bool at the original image size.
         iou_pred: ``(N,)`` float32, SAM's predicted IoU of each mask.
-        low_res_logits: ``(N, 256, 256)`` float32 decoder logits in the padded 1024x1024 frame (scaled by 1/4), or
-            ``None`` unless requested.
+        low_res_logits: ``(N, 256, 256)`` float32 decoder logits in the padded 1024x1024 frame (scaled by 1/4).
+        input_hw, original_hw: the resized (longest side 1024) and original ``(H, W)``.
+        eager_masks: ``(N, H, W)`` bool when they fit a memory budget, else None and ``mask(i)`` computes each one
+            on demand, so that a huge image with many boxes never holds all its full-size masks at once.
     """
 
-    masks: np.ndarray
     iou_pred: np.ndarray
-    low_res_logits: np.ndarray | None = None
+    low_res_logits: np.ndarray
+    input_hw: tuple[int, int]
+    original_hw: tuple[int, int]
+    eager_masks: np.ndarray | None = None
+    mask_threshold: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.iou_pred)
+
+    def mask(self, index: int) -> np.ndarray:
+        """``(H, W)`` bool mask of box ``index``, exactly as the batched postprocessing computes it."""
+        if self.eager_masks is not None:
+            return self.eager_masks[index]
+        logits = torch.from_numpy(self.low_res_logits[index : index + 1, None])
+        return postprocess_logits(logits, self.input_hw, self.original_hw, self.mask_threshold)[0].numpy()
+
+    @property
+    def masks(self) -> np.ndarray:
+        """All masks, ``(N, H, W)`` bool (materialised: prefer ``mask(i)`` for large images)."""
+        if self.eager_masks is not None:
+            return self.eager_masks
+        h, w = self.original_hw
+        out = np.empty((len(self), h, w), dtype=bool)
+        for index in range(len(self)):
+            out[index] = self.mask(index)
+        return out
 
     @classmethod
-    def empty(cls, original_hw: tuple[int, int], *, with_low_res: bool = False) -> SegmentationResult:
+    def empty(cls, original_hw: tuple[int, int], input_hw: tuple[int, int] = (0, 0)) -> SegmentationResult:
         """The result for an image with no boxes: zero masks of shape ``(0, H, W)``."""
-        low_res = np.zeros((0, LOW_RES_SIZE, LOW_RES_SIZE), np.float32) if with_low_res else None
-        return cls(np.zeros((0, *original_hw), bool), np.zeros((0,), np.float32), low_res)
+        return cls(
+            np.zeros((0,), np.float32),
+            np.zeros((0, LOW_RES_SIZE, LOW_RES_SIZE), np.float32),
+            input_hw,
+            original_hw,
+            np.zeros((0, *original_hw), bool),
+        )
+
+
+def postprocess_logits(
+    low_res: torch.Tensor, input_hw: tuple[int, int], original_hw: tuple[int, int], threshold: float
+) -> torch.Tensor:
+    """``(N, 1, 256, 256)`` float32 logits -> ``(N, H, W)`` bool masks on the same device.
+
+    As the reference ``Sam.postprocess_masks`` then ``> threshold``: bilinear (align_corners=False) upscale to the
+    padded 1024 frame, crop to ``input_hw``, bilinear resize to ``original_hw``.
+    """
+    x = F.interpolate(low_res, (SAM_IMAGE_SIZE, SAM_IMAGE_SIZE), mode="bilinear", align_corners=False)
+    x = x[..., : input_hw[0], : input_hw[1]]
+    x = F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
+    return x[:, 0] > threshold
 
 
 def default_batch_size(device: torch.device | str) -> int:
@@ -468,6 +514,11 @@ class BoxSegmenter:
             ) from err
         return cls(model, half=half, variant=variant)
 
+    def release_cached_memory(self) -> None:
+        """Return cached CUDA memory to the device (after an out-of-memory error); nothing to do on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @property
     def model(self) -> torch.nn.Module:
         """The wrapped SAM model."""
@@ -521,8 +572,6 @@ class BoxSegmenter:
         self,
         images: Sequence[PreparedImage],
         boxes_xyxy: Sequence[np.ndarray],
-        *,
-        return_low_res: bool = False,
     ) -> list[SegmentationResult]:
         """Segment every box of every image; one encoder pass over all images that have boxes.
 
@@ -530,7 +579,6 @@ class BoxSegmenter:
             images: Prepared images (``prepare_image``); pass ``default_batch_size(device)`` at a time.
             boxes_xyxy: One ``(N_i, 4)`` float array per image: pixel ``x1, y1, x2, y2`` in that image's
                 original ``(H, W)`` frame. ``N_i`` may be 0 (the image is then not encoded at all).
-            return_low_res: Also return the ``(N_i, 256, 256)`` float32 decoder logits.
 
         Returns:
             One ``SegmentationResult`` per image, in order; masks ``(N_i, H, W)`` bool aligned 1:1 with the boxes.
@@ -542,7 +590,7 @@ class BoxSegmenter:
             raise ValueError(f"got {len(images)} images but {len(boxes_xyxy)} box arrays; pass one array per image")
         boxes_per_image = [_validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
         results: list[SegmentationResult | None] = [
-            None if len(b) else SegmentationResult.empty(img.original_hw, with_low_res=return_low_res)
+            None if len(b) else SegmentationResult.empty(img.original_hw, img.input_hw)
             for img, b in zip(images, boxes_per_image, strict=True)
         ]
         todo = [i for i, b in enumerate(boxes_per_image) if len(b)]
@@ -556,7 +604,7 @@ class BoxSegmenter:
                 image_pe = self._dense_pe()
                 for k, i in enumerate(todo):
                     results[i] = self._segment_one(
-                        embeddings[k : k + 1], image_pe, images[i], boxes_per_image[i], return_low_res, device
+                        embeddings[k : k + 1], image_pe, images[i], boxes_per_image[i], device
                     )
         return [r for r in results if r is not None]
 
@@ -566,7 +614,6 @@ class BoxSegmenter:
         image_pe: torch.Tensor,
         image: PreparedImage,
         boxes_xyxy: np.ndarray,
-        return_low_res: bool,
         device: torch.device,
     ) -> SegmentationResult:
         """Decode all boxes of one image from its ``(1, C, 64, 64)`` embedding and postprocess the masks."""
@@ -596,34 +643,29 @@ class BoxSegmenter:
         low_res = torch.cat(logits_chunks)  # (N, 1, 256, 256)
         iou_pred = torch.cat(iou_chunks)[:, 0]
 
-        masks = self._postprocess(low_res, image.input_hw, image.original_hw)
+        threshold = float(getattr(self._model, "mask_threshold", 0.0))
+        h, w = image.original_hw
+        eager = len(low_res) * h * w <= _EAGER_MASK_BYTES
         return SegmentationResult(
-            masks=masks,
             iou_pred=iou_pred.cpu().numpy().astype(np.float32, copy=False),
-            low_res_logits=low_res[:, 0].cpu().numpy().astype(np.float32, copy=False) if return_low_res else None,
+            low_res_logits=low_res[:, 0].cpu().numpy().astype(np.float32, copy=False),
+            input_hw=image.input_hw,
+            original_hw=image.original_hw,
+            eager_masks=self._postprocess(low_res, image.input_hw, image.original_hw, threshold) if eager else None,
+            mask_threshold=threshold,
         )
 
     def _postprocess(
-        self, low_res: torch.Tensor, input_hw: tuple[int, int], original_hw: tuple[int, int]
+        self, low_res: torch.Tensor, input_hw: tuple[int, int], original_hw: tuple[int, int], threshold: float
     ) -> np.ndarray:
-        """``(N, 1, 256, 256)`` float32 logits -> ``(N, H, W)`` bool masks, as ``Sam.postprocess_masks`` + threshold.
-
-        Works in chunks of boxes so that the full-resolution float32 logits stay under ~256 MB, and thresholds on the
-        device so that only booleans are copied to the host.
-        """
-        threshold = float(getattr(self._model, "mask_threshold", 0.0))
+        """``postprocess_logits`` in chunks of boxes, so that the full-resolution float32 logits stay under
+        ~256 MB; thresholds on the device so that only booleans are copied to the host."""
         h, w = original_hw
         per_box_bytes = 4 * (SAM_IMAGE_SIZE * SAM_IMAGE_SIZE + h * w)
         chunk = max(1, _POSTPROCESS_BUDGET_BYTES // per_box_bytes)
         masks = np.empty((len(low_res), h, w), dtype=bool)
         for start in range(0, len(low_res), chunk):
-            x = F.interpolate(
-                low_res[start : start + chunk],
-                (SAM_IMAGE_SIZE, SAM_IMAGE_SIZE),
-                mode="bilinear",
-                align_corners=False,
+            masks[start : start + chunk] = (
+                postprocess_logits(low_res[start : start + chunk], input_hw, original_hw, threshold).cpu().numpy()
             )
-            x = x[..., : input_hw[0], : input_hw[1]]
-            x = F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
-            masks[start : start + chunk] = (x[:, 0] > threshold).cpu().numpy()
         return masks

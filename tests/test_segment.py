@@ -433,7 +433,7 @@ def test_zero_boxes_give_empty_results_without_encoding(segmenter: BoxSegmenter)
     images = [prepare_image(_smooth_image(120, 200)), prepare_image(_smooth_image(90, 60))]
     calls = _EncoderCalls(segmenter.model)
     try:
-        results = segmenter.segment(images, [np.zeros((0, 4), np.float32), np.empty((0,))], return_low_res=True)
+        results = segmenter.segment(images, [np.zeros((0, 4), np.float32), np.empty((0,))])
     finally:
         calls.remove()
     assert calls.batch_sizes == []
@@ -476,7 +476,7 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
     assert calls.batch_sizes == [2]  # one pass, the box-less square image skipped
     assert [r.masks.shape for r in results] == [(4, 300, 180), (0, 64, 64), (2, 150, 260)]
     assert [r.iou_pred.shape for r in results] == [(4,), (0,), (2,)]
-    assert all(r.masks.dtype == np.bool_ and r.low_res_logits is None for r in results)
+    assert all(r.masks.dtype == np.bool_ and r.low_res_logits.shape == (len(r), 256, 256) for r in results)
 
     assert 0 < np.mean([r.masks.mean() for r in (results[0], results[2])]) < 1  # masks are not trivially empty/full
     chunked = BoxSegmenter(fast_segmenter.model, decoder_batch_size=2)
@@ -484,3 +484,21 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
     reversed_result: SegmentationResult = chunked.segment([images[0]], [boxes_portrait[::-1]])[0]
     np.testing.assert_array_equal(reversed_result.masks, results[0].masks[::-1])
     np.testing.assert_allclose(reversed_result.iou_pred, results[0].iou_pred[::-1], atol=1e-5)
+
+
+def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
+    """Above the memory budget masks are computed per box on demand; they must equal the batched ones."""
+    import autoannotate.segment as segment_module
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((90, 140, 3)) * 255).astype(np.uint8)
+    boxes = np.array([[5, 5, 60, 70], [50, 10, 139, 89], [0, 0, 140, 90]], np.float32)
+    segmenter = segment_module.BoxSegmenter.from_weights(mobile_sam_weights, "cpu")
+    (eager,) = segmenter.segment([segment_module.prepare_image(image)], [boxes])
+    assert eager.eager_masks is not None
+    monkeypatch.setattr(segment_module, "_EAGER_MASK_BYTES", 0)
+    (lazy,) = segmenter.segment([segment_module.prepare_image(image)], [boxes])
+    assert lazy.eager_masks is None
+    for index in range(3):
+        np.testing.assert_array_equal(lazy.mask(index), eager.masks[index])
+    np.testing.assert_array_equal(lazy.masks, eager.masks)

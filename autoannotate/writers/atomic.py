@@ -36,7 +36,7 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as err:
-        raise OutputError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+        raise OutputError(f"cannot write {str(path)!r}: {err.strerror or err}", errno=err.errno) from None
     finally:
         if tmp_name is not None:
             with contextlib.suppress(OSError):

@@ -1,0 +1,147 @@
+"""The pipeline with stand-in models: order, alignment of classes with masks, batch halving on out-of-memory,
+failure isolation, and a full disk stopping the run instead of failing every image."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from autoannotate.detect import Detections
+from autoannotate.errors import OutputError
+from autoannotate.layout import plan_layout, prepare_output
+from autoannotate.pipeline import Annotator
+from autoannotate.polygons import PolygonPolicy
+from autoannotate.segment import SegmentationResult
+from autoannotate.sources import iter_images, resolve_data
+from autoannotate.writers.yolo import parse_label_file
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, which the pipeline recognises by name."""
+
+
+class BoxDetector:
+    """Boxes from the image itself: one box per distinct non-zero grey level, class = level // 50."""
+
+    def detect(self, images_bgr):
+        out = []
+        for image in images_bgr:
+            gray = image[..., 0]
+            xyxy, cls = [], []
+            for level in sorted(set(np.unique(gray).tolist()) - {0}):
+                ys, xs = np.nonzero(gray == level)
+                xyxy.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                cls.append(level // 50)
+            n = len(xyxy)
+            out.append(
+                Detections(np.array(xyxy, np.float32).reshape(n, 4), np.array(cls, np.int64), np.ones(n, np.float32))
+            )
+        return out
+
+
+class BoxSegmenter:
+    """Mask = the box itself, except taller-than-wide boxes (class 3 in ``_dataset``) get an empty mask.
+
+    Records the batch size of every call."""
+
+    def __init__(self, oom_above: int | None = None, always_oom: set[tuple[int, int]] | None = None):
+        self.calls: list[int] = []
+        self.oom_above = oom_above
+        self.always_oom = always_oom or set()
+
+    def segment(self, images, boxes_xyxy):
+        self.calls.append(len(images))
+        if self.oom_above is not None and len(images) > self.oom_above:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        results = []
+        for prepared, boxes in zip(images, boxes_xyxy, strict=True):
+            h, w = prepared.original_hw
+            if (h, w) in self.always_oom:
+                raise OutOfMemoryError("CUDA out of memory")
+            masks = np.zeros((len(boxes), h, w), bool)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
+                if y2 - y1 <= x2 - x1:
+                    masks[i, y1:y2, x1:x2] = True
+            results.append(
+                SegmentationResult(
+                    np.ones(len(boxes), np.float32), np.zeros((len(boxes), 256, 256), np.float32), (0, 0), (h, w), masks
+                )
+            )
+        return results
+
+    def release_cached_memory(self):
+        pass
+
+
+def _dataset(root: Path, shapes: list[tuple[int, int]]) -> Path:
+    for i, (h, w) in enumerate(shapes):
+        image = np.zeros((h, w, 3), np.uint8)
+        image[2:10, 3:12] = 50  # class 1
+        image[12:20, 5:9] = 150  # class 3: empty mask
+        image[h - 8 : h - 2, w - 9 : w - 3] = 100  # class 2
+        cv2.imwrite(str(root / f"im{i:02d}.png"), image)
+    return root
+
+
+def _annotator(tmp_path: Path, segmenter, batch: int, workers: int = 1) -> tuple[Annotator, list]:
+    data = tmp_path / "imgs"
+    data.mkdir(exist_ok=True)
+    spec = resolve_data(str(data))
+    layout = plan_layout(spec, str(data), str(tmp_path / "out"))
+    prepare_output(layout)
+    annotator = Annotator(
+        BoxDetector(),  # type: ignore[arg-type]
+        segmenter,
+        PolygonPolicy(tolerance_px=0),
+        layout,
+        batch=batch,
+        infer_workers=workers,
+    )
+    return annotator, list(iter_images(spec))
+
+
+def test_order_alignment_and_empty_masks(tmp_path: Path):
+    (tmp_path / "imgs").mkdir()
+    _dataset(tmp_path / "imgs", [(30, 40), (40, 30)] * 3)
+    annotator, images = _annotator(tmp_path, BoxSegmenter(), batch=2, workers=2)
+    outcomes = list(annotator.run(images))
+    assert [o.source.rel_path.name for o in outcomes] == [f"im{i:02d}.png" for i in range(6)]
+    for outcome in outcomes:
+        assert (outcome.status, outcome.detections, outcome.instances, outcome.empty_masks) == ("ok", 3, 2, 1)
+        rows = parse_label_file(outcome.label_path.read_text())
+        # the empty class-3 mask wrote no line, and did not shift class 2 onto another mask
+        assert [cid for cid, _ in rows] == [1, 2]
+        w = 40 if outcome.source.rel_path.name in ("im00.png", "im02.png", "im04.png") else 30
+        x_px = np.round(rows[1][1][:, 0] * w - 0.5)  # back to pixel columns (6-decimal rounding undone)
+        assert (x_px.min(), x_px.max()) == (w - 9, w - 4)  # class 2 is the bottom-right box
+
+
+def test_out_of_memory_halves_the_batch_down_to_one(tmp_path: Path):
+    (tmp_path / "imgs").mkdir()
+    _dataset(tmp_path / "imgs", [(30, 40)] * 7 + [(33, 33)])
+    segmenter = BoxSegmenter(oom_above=2, always_oom={(33, 33)})
+    annotator, images = _annotator(tmp_path, segmenter, batch=4)
+    outcomes = list(annotator.run(images))
+    assert [o.status for o in outcomes] == ["ok"] * 7 + ["failed"]
+    assert "out of device memory even one image at a time" in (outcomes[-1].error or "")
+    # 4 fails -> 2 + 2; the cap then stays at 2 for the next batch (2 + 2), whose second half holds the
+    # always-failing image: 2 fails -> 1 + 1
+    assert segmenter.calls[:3] == [4, 2, 2]
+    assert max(segmenter.calls[3:]) <= 2
+
+
+def test_full_disk_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "imgs").mkdir()
+    _dataset(tmp_path / "imgs", [(30, 40)] * 3)
+    annotator, images = _annotator(tmp_path, BoxSegmenter(), batch=1)
+
+    def full_disk(path, text, **kwargs):
+        raise OutputError(f"cannot write {str(path)!r}: No space left on device", errno=errno.ENOSPC)
+
+    monkeypatch.setattr("autoannotate.pipeline.write_text_atomic", full_disk)
+    with pytest.raises(OutputError, match="No space left"):
+        list(annotator.run(images))
