@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autoannotate.errors import OutputError
 from autoannotate.writers.atomic import write_text_atomic
@@ -133,3 +135,28 @@ def test_written_polygons_rasterise_back_exactly_as_ultralytics_reads_them(resol
     points = (polygon_norm.astype(np.float32) * np.array([width, height], np.float32)).reshape(1, -1)
     rebuilt = polygon2mask((height, width), points, color=1, downsample_ratio=1)
     assert np.array_equal(rebuilt.astype(bool), mask.astype(bool))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    width=st.integers(1, 5000),
+    height=st.integers(1, 5000),
+    class_id=st.integers(0, 999),
+    data=st.data(),
+)
+def test_label_writer_reader_round_trip(width, height, class_id, data):
+    """Any in-image polygon written and read back lands on the same pixel centres, within the 6-decimal rounding."""
+    n = data.draw(st.integers(3, 40))
+    xs = data.draw(st.lists(st.integers(0, width - 1), min_size=n, max_size=n))
+    ys = data.draw(st.lists(st.integers(0, height - 1), min_size=n, max_size=n))
+    polygon = np.stack([xs, ys], axis=1).astype(float)
+    line = format_polygon_line(class_id, polygon, (width, height))
+    assert "\n" not in line and len(line.split()) == 1 + 2 * n
+    ((parsed_class, polygon_norm),) = parse_label_file(format_label_file([line]))
+    assert parsed_class == class_id
+    assert polygon_norm.min() >= 0 and polygon_norm.max() <= 1
+    back_px = polygon_norm * np.array([width, height]) - 0.5
+    np.testing.assert_allclose(back_px, polygon, atol=5e-7 * 5000 + 1e-9)
+    # and ultralytics' truncating rasteriser lands on the same integer pixel
+    truncated = (polygon_norm.astype(np.float32) * np.array([width, height], np.float32)).astype(np.int32)
+    np.testing.assert_array_equal(truncated, polygon.astype(np.int32))
