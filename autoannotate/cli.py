@@ -103,6 +103,46 @@ HalfOpt = Annotated[
         show_default=False,
     ),
 ]
+MinMaskScoreOpt = Annotated[
+    float | None,
+    typer.Option("--min-mask-score", help="Drop instances whose SAM predicted IoU is below this. [default: 0]"),
+]
+BoxesFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--boxes-from",
+        help="YOLO detection labels (class cx cy w h, paths mirroring the images) to use as box prompts "
+        "instead of a detector; class ids are kept.",
+        show_default=False,
+    ),
+]
+NamesOpt = Annotated[
+    str | None,
+    typer.Option("--names", help="data.yaml with class names (for --boxes-from).", show_default=False),
+]
+CocoOpt = Annotated[
+    bool | None,
+    typer.Option("--coco/--no-coco", help="Also write annotations.coco.json (COCO instances).", show_default=False),
+]
+PreviewOpt = Annotated[
+    int | None,
+    typer.Option("--preview", help="Write overlays for N sampled images and a contact sheet. [default: 0]"),
+]
+ValFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--val-fraction",
+        help="Share of images (chosen by path, deterministic) listed in val.txt, the rest in train.txt. [default: 0]",
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="I/N: annotate only shard I (0-based) of N, chosen by path; N runs into one output dir = one full run.",
+        show_default=False,
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML file with any of these options; command-line flags override it."),
@@ -158,6 +198,13 @@ def run(
     min_area: MinAreaOpt = None,
     polygon: PolygonOpt = None,
     half: HalfOpt = None,
+    min_mask_score: MinMaskScoreOpt = None,
+    boxes_from: BoxesFromOpt = None,
+    names: NamesOpt = None,
+    coco: CocoOpt = None,
+    preview: PreviewOpt = None,
+    val_fraction: ValFractionOpt = None,
+    shard: ShardOpt = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = None,
     json_lines: JsonOpt = None,
@@ -181,6 +228,13 @@ def run(
         "min_area": min_area,
         "polygon": polygon,
         "half": half,
+        "min_mask_score": min_mask_score,
+        "boxes_from": boxes_from,
+        "names": names,
+        "coco": coco,
+        "preview": preview,
+        "val_fraction": val_fraction,
+        "shard": shard,
         "overwrite": overwrite,
         "json": json_lines,
         "quiet": quiet,
@@ -243,8 +297,6 @@ def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -
 
 
 def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
-    from autoannotate.sources import iter_images
-
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]annotating"),
@@ -265,7 +317,7 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
         task = progress.add_task("annotate", total=None, total_text="?", rate="-", instances=0, failed=0, skipped=0)
 
         def count_images() -> None:  # the walk streams; the total shows up as soon as it is known
-            total = sum(1 for _ in iter_images(job.spec))
+            total = sum(1 for _ in job.images())
             progress.update(task, total=total, total_text=str(total))
 
         threading.Thread(target=count_images, name="autoannotate-count", daemon=True).start()
@@ -302,10 +354,20 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="autoannotate summary", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
-    for key in ("images", "labeled", "instances", "empty_masks", "failed", "skipped", "seconds", "images_per_s"):
+    for key in ("images", "labeled", "instances", "empty_masks", "dropped", "failed", "skipped"):
         table.add_row(key.replace("_", " "), str(summary[key]))
+    scores = summary.get("sam_iou")
+    if scores:
+        table.add_row(
+            "SAM predicted IoU", "  ".join(f"{name} {value:.3f}" for name, value in scores.items())
+        )
+    table.add_row("seconds", str(summary["seconds"]))
+    table.add_row("images per s", str(summary["images_per_s"]))
     table.add_row("output dir", summary["output_dir"])
     table.add_row("data.yaml", summary["data_yaml"])
+    for key, label in (("coco_json", "COCO JSON"), ("previews", "previews")):
+        if summary.get(key):
+            table.add_row(label, summary[key])
     console.print(table)
 
 

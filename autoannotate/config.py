@@ -38,6 +38,13 @@ class RunSettings:
     min_area: float = 0.0  # pixels; smaller mask parts are dropped
     polygon: str = "merge"
     half: bool = False  # bf16 autocast on CPU, fp16 on CUDA
+    min_mask_score: float = 0.0  # drop instances whose SAM predicted IoU is below this
+    boxes_from: str | None = None  # YOLO detection labels to use as box prompts instead of a detector
+    names: str | None = None  # data.yaml with class names (for --boxes-from)
+    coco: bool = False  # also write COCO instances JSON
+    preview: int = 0  # overlays for this many sampled images, and a contact sheet
+    val_fraction: float = 0.0  # share of images listed in val.txt (the rest in train.txt); 0 = no split
+    shard: str | None = None  # "I/N": annotate only shard I of N
     overwrite: bool = False  # replace label files / data.yaml that this tool did not write
     json: bool = False
     quiet: bool = False
@@ -51,6 +58,11 @@ class RunSettings:
         _check(self.batch >= 0, "batch", self.batch, "an integer >= 0 (0 = device default)")
         _check(self.tolerance >= 0.0, "tolerance", self.tolerance, "a number of pixels >= 0")
         _check(self.min_area >= 0.0, "min_area", self.min_area, "a number of pixels >= 0")
+        _check(0.0 <= self.min_mask_score <= 1.0, "min_mask_score", self.min_mask_score, "a number in [0, 1]")
+        _check(self.preview >= 0, "preview", self.preview, "a number of images >= 0")
+        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in [0, 1)")
+        if self.shard is not None:
+            parse_shard(self.shard)
         _check(self.polygon in POLYGON_MODES, "polygon", self.polygon, f"one of {', '.join(POLYGON_MODES)}")
         _check(bool(self.det_model), "det_model", self.det_model, "a model file path or ultralytics asset name")
         _check(bool(self.sam_model), "sam_model", self.sam_model, "a model file path or ultralytics asset name")
@@ -90,10 +102,29 @@ _FIELD_TYPES: dict[str, type] = {
     "min_area": float,
     "polygon": str,
     "half": bool,
+    "min_mask_score": float,
+    "boxes_from": str,
+    "names": str,
+    "coco": bool,
+    "preview": int,
+    "val_fraction": float,
+    "shard": str,
     "overwrite": bool,
     "json": bool,
     "quiet": bool,
 }
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """``"I/N"`` (0-based) to ``(I, N)``; ConfigError unless ``0 <= I < N``."""
+    index_text, _, count_text = value.partition("/")
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ConfigError(f"invalid --shard {value!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return index, count
 
 
 def parse_classes(value: object) -> tuple[str, ...] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -138,6 +138,15 @@ class Detector:
             if cid not in ids:
                 ids.append(cid)
         return tuple(ids)
+
+    def boxes(
+        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
+    ) -> list[Detections]:
+        """The pipeline's box source interface (``boxes_from.LabelBoxes`` is the other): run the detector.
+
+        ``rel_paths`` and ``class_ids`` are not needed here: the class filter is applied inside ultralytics' NMS.
+        """
+        return self.detect(images_bgr)
 
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
         """Boxes for each image (HxWx3 uint8 BGR), batched. Output aligned with the input.

@@ -10,23 +10,25 @@ import errno
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from autoannotate.detect import Detections, Detector
+from autoannotate.detect import Detections
 from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.layout import DatasetLayout, link_image
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
+from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy, stability_score
 from autoannotate.resume import Journal, LabelEntry, PreviousRun, image_signature
 from autoannotate.segment import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
 from autoannotate.sources import ImageSource, read_image_bgr
 from autoannotate.writers.atomic import write_text_atomic
+from autoannotate.writers.sidecar import instance_rows
 from autoannotate.writers.yolo import format_label_file, format_polygon_line
 
 OK, EMPTY, FAILED, SKIPPED = "ok", "empty", "failed", "skipped"
@@ -44,7 +46,10 @@ class ImageOutcome:
     instances: int = 0
     detections: int = 0
     empty_masks: int = 0  # detections whose mask (after --min-area) had no polygon: no line written
+    dropped: int = 0  # detections dropped by --min-mask-score: no line written
     error: str | None = None
+    resolution_wh: tuple[int, int] | None = None
+    quality: tuple[InstanceQuality, ...] = ()  # one per detection, in detection order
 
 
 @dataclass
@@ -71,6 +76,14 @@ def _decode(path: Path) -> tuple[np.ndarray, PreparedImage]:
     return image_bgr, prepared
 
 
+class BoxSource(Protocol):
+    """Where box prompts come from: ``detect.Detector`` or ``boxes_from.LabelBoxes``."""
+
+    def boxes(
+        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
+    ) -> list[Detections]: ...
+
+
 class Annotator:
     """Runs the models over a stream of images and writes one label file per image.
 
@@ -88,7 +101,7 @@ class Annotator:
 
     def __init__(
         self,
-        detector: Detector,
+        detector: BoxSource,
         segmenter: BoxSegmenter,
         policy: PolygonPolicy,
         layout: DatasetLayout,
@@ -98,6 +111,9 @@ class Annotator:
         previous: PreviousRun | None = None,
         fingerprint: str = "",
         journal: Journal | None = None,
+        min_mask_score: float = 0.0,
+        class_names: Mapping[int, str] | None = None,
+        class_ids: tuple[int, ...] | None = None,
         infer_workers: int = 1,
         cpu_workers: int | None = None,
     ) -> None:
@@ -111,9 +127,12 @@ class Annotator:
         self.layout = layout
         self.batch = batch
         self.overwrite = overwrite
-        self.previous = previous or PreviousRun({}, frozenset(), None, None)
+        self.previous = previous or PreviousRun({}, frozenset(), {}, None, None)
         self.fingerprint = fingerprint
         self.journal = journal
+        self.min_mask_score = min_mask_score
+        self.class_names = class_names or {}
+        self.class_ids = class_ids  # for box sources that do not filter classes themselves
         self.infer_workers = infer_workers
         self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
         self._detector_lock = threading.Lock()
@@ -212,7 +231,11 @@ class Annotator:
             return
         try:
             with self._detector_lock:
-                detections = self.detector.detect([item.image_bgr for item in items])  # type: ignore[misc]
+                detections = self.detector.boxes(
+                    [item.image_bgr for item in items],  # type: ignore[misc]
+                    [item.source.rel_path for item in items],
+                    self.class_ids,
+                )
             with_boxes = [(item, det) for item, det in zip(items, detections, strict=True) if len(det)]
             results = self.segmenter.segment(
                 [item.prepared for item, _ in with_boxes],  # type: ignore[misc]
@@ -248,13 +271,35 @@ class Annotator:
         segmentation = item.segmentation
         height, width = _image_hw(item)
         lines: list[str] = []
-        empty_masks = 0
+        quality: list[InstanceQuality] = []
+        empty_masks = dropped = 0
         for index in range(len(det)):
+            if segmentation is None:  # cannot happen for a detection; keeps the types honest
+                raise RuntimeError("a detection without a segmentation result")
             # one full-size mask at a time: a huge image with many boxes never holds them all
-            polygons = mask_to_polygons(segmentation.mask(index), self.policy) if segmentation is not None else []
-            if not polygons:
-                empty_masks += 1
+            mask = segmentation.mask(index)
+            sam_iou = float(segmentation.iou_pred[index])
+            is_dropped = sam_iou < self.min_mask_score
+            polygons = [] if is_dropped else mask_to_polygons(mask, self.policy)
+            dropped += is_dropped
+            empty_masks += not is_dropped and not polygons
             class_id = int(det.class_id[index])
+            box = mask_box_xyxy(mask)
+            quality.append(
+                InstanceQuality(
+                    line=len(lines) + 1 if polygons else None,
+                    lines=len(polygons),
+                    class_id=class_id,
+                    det_conf=round(float(det.confidence[index]), 6),
+                    sam_iou=round(sam_iou, 6),
+                    stability=round(stability_score(segmentation.low_res_logits[index], segmentation.input_hw), 6),
+                    mask_area=int(mask.sum()),
+                    box_iou=round(box_iou_xyxy(box, det.xyxy[index].astype(np.float64)), 6),
+                    points=sum(len(p) for p in polygons),
+                    fill_iou=round(fill_iou(polygons, mask, box), 6),
+                    dropped=is_dropped,
+                )
+            )
             lines.extend(format_polygon_line(class_id, polygon, (width, height)) for polygon in polygons)
         status = OK if lines else EMPTY
         try:
@@ -264,7 +309,8 @@ class Annotator:
             write_text_atomic(item.label_path, format_label_file(lines))
             if self.journal is not None and item.signature is not None:
                 entry = LabelEntry(str(item.source.path), status, len(lines), self.fingerprint, *item.signature)
-                self.journal.done(item.key, entry)
+                rows = instance_rows(str(item.source.path), item.key, quality, self.class_names)
+                self.journal.done(item.key, entry, rows)
         except OutputError as err:
             if err.errno in _FATAL_WRITE_ERRNOS:  # every further write would fail too: stop with one line
                 raise
@@ -276,6 +322,9 @@ class Annotator:
             instances=len(lines),
             detections=len(det),
             empty_masks=empty_masks,
+            dropped=dropped,
+            resolution_wh=(width, height),
+            quality=tuple(quality),
         )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 MANIFEST_NAME = "autoannotate.json"
 JOURNAL_NAME = "autoannotate.journal.jsonl"
+SIDECAR_NAME = "instances.jsonl"
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,28 @@ class LabelEntry:
 
 
 @dataclass(frozen=True)
+class RunFiles:
+    """The manifest, journal and sidecar names of one run: plain, or per shard (``*.shard-I-of-N.*``)."""
+
+    manifest: str
+    journal: str
+    sidecar: str
+
+
+def run_file_names(shard: tuple[int, int] | None) -> RunFiles:
+    if shard is None:
+        return RunFiles(MANIFEST_NAME, JOURNAL_NAME, SIDECAR_NAME)
+    tag = f"shard-{shard[0]}-of-{shard[1]}"
+    return RunFiles(f"autoannotate.{tag}.json", f"autoannotate.{tag}.journal.jsonl", f"instances.{tag}.jsonl")
+
+
+@dataclass(frozen=True)
 class PreviousRun:
     """``entries``: labels known done (key -> entry); ``owned``: every label key an earlier run may have written."""
 
     entries: dict[str, LabelEntry]
     owned: frozenset[str]
+    rows: dict[str, list[dict[str, Any]]]  # instances.jsonl rows of each done label, for skipped images
     fingerprint: str | None  # of the last run that recorded one
     settings: dict[str, Any] | None  # the label settings behind ``fingerprint``
 
@@ -83,19 +101,28 @@ def image_signature(path: Path) -> tuple[int, int] | None:
 
 
 def load_previous(output_dir: Path) -> PreviousRun:
-    """Read the manifest and journal of earlier runs (either may be missing; unreadable lines are skipped)."""
+    """Read the manifests, journals and sidecars of earlier runs and shards (any may be missing or torn).
+
+    Every shard's files count: a full run after sharded ones owns, and may skip, what the shards wrote.
+    """
     entries: dict[str, LabelEntry] = {}
     owned: set[str] = set()
+    rows: dict[str, list[dict[str, Any]]] = {}
     fingerprint: str | None = None
     settings: dict[str, Any] | None = None
-    try:
-        manifest = json.loads((output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        manifest = None
-    if isinstance(manifest, dict):
-        fingerprint = manifest.get("fingerprint") if isinstance(manifest.get("fingerprint"), str) else None
-        label_settings = manifest.get("label_settings")
-        settings = label_settings if isinstance(label_settings, dict) else None
+    for sidecar in sorted(output_dir.glob("instances*.jsonl")):
+        rows.update(read_sidecar_rows(sidecar))
+    for path in sorted(output_dir.glob("autoannotate*.json")):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict):
+            continue
+        if isinstance(manifest.get("fingerprint"), str) and (fingerprint is None or path.name == MANIFEST_NAME):
+            fingerprint = manifest["fingerprint"]
+            label_settings = manifest.get("label_settings")
+            settings = label_settings if isinstance(label_settings, dict) else None
         labels = manifest.get("labels")
         if isinstance(labels, dict):
             for key, value in labels.items():
@@ -103,8 +130,16 @@ def load_previous(output_dir: Path) -> PreviousRun:
                 entry = LabelEntry.from_dict(value) if isinstance(value, dict) else None
                 if entry is not None:
                     entries[str(key)] = entry
+    for path in sorted(output_dir.glob("autoannotate*.journal.jsonl")):
+        _read_journal(path, entries, owned, rows)
+    return PreviousRun(entries, frozenset(owned), rows, fingerprint, settings)
+
+
+def _read_journal(
+    path: Path, entries: dict[str, LabelEntry], owned: set[str], rows: dict[str, list[dict[str, Any]]]
+) -> None:
     try:
-        with open(output_dir / JOURNAL_NAME, encoding="utf-8") as journal:
+        with open(path, encoding="utf-8") as journal:
             for line in journal:
                 try:
                     record = json.loads(line)
@@ -120,9 +155,26 @@ def load_previous(output_dir: Path) -> PreviousRun:
                     entry = LabelEntry.from_dict(record)
                     if entry is not None:
                         entries[key] = entry
+                        rows[key] = [r for r in record.get("rows") or [] if isinstance(r, dict)]
     except OSError:
         pass
-    return PreviousRun(entries, frozenset(owned), fingerprint, settings)
+
+
+def read_sidecar_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``instances.jsonl`` rows grouped by their ``label`` key (missing file or torn lines: skipped)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("label"), str):
+                    rows.setdefault(row["label"], []).append(row)
+    except OSError:
+        pass
+    return rows
 
 
 class Journal:
@@ -136,8 +188,8 @@ class Journal:
     def pending(self, key: str) -> None:
         self._append({"event": "pending", "label": key})
 
-    def done(self, key: str, entry: LabelEntry) -> None:
-        self._append({"event": "done", "label": key, **entry.to_dict()})
+    def done(self, key: str, entry: LabelEntry, rows: list[dict[str, Any]] | None = None) -> None:
+        self._append({"event": "done", "label": key, **entry.to_dict(), "rows": rows or []})
 
     def _append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")

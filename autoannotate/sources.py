@@ -242,6 +242,8 @@ def peek_image_hw(data: np.ndarray) -> tuple[int, int] | None:
 
 def _webp_hw(head: bytes) -> tuple[int, int] | None:
     chunk = head[12:16]
+    if len(head) < 30:  # shorter than any of the three headers below
+        return None
     if chunk == b"VP8X":  # extended: 24-bit canvas size minus one
         width = 1 + int.from_bytes(head[24:27], "little")
         height = 1 + int.from_bytes(head[27:30], "little")

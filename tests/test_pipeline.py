@@ -27,7 +27,7 @@ class OutOfMemoryError(RuntimeError):
 class BoxDetector:
     """Boxes from the image itself: one box per distinct non-zero grey level, class = level // 50."""
 
-    def detect(self, images_bgr):
+    def boxes(self, images_bgr, rel_paths, class_ids):
         out = []
         for image in images_bgr:
             gray = image[..., 0]
