@@ -358,9 +358,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(key.replace("_", " "), str(summary[key]))
     scores = summary.get("sam_iou")
     if scores:
-        table.add_row(
-            "SAM predicted IoU", "  ".join(f"{name} {value:.3f}" for name, value in scores.items())
-        )
+        table.add_row("SAM predicted IoU", "  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
     table.add_row("seconds", str(summary["seconds"]))
     table.add_row("images per s", str(summary["images_per_s"]))
     table.add_row("output dir", summary["output_dir"])
@@ -381,6 +379,44 @@ def _route_library_logs_to_stderr(quiet: bool) -> None:
             handler.setStream(sys.stderr)
     if quiet:
         logger.setLevel(logging.ERROR)
+
+
+@app.command(epilog="Exit codes: 0 every shard merged; 1 shards missing or incomplete; 2 nothing to merge.")
+def merge(
+    output: Annotated[Path, typer.Argument(help="The output dir that the --shard I/N runs wrote to.")],
+    json_lines: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+) -> None:
+    """Fold the manifests and quality sidecars of --shard runs into autoannotate.json and instances.jsonl."""
+    from autoannotate.merge import merge_shards
+
+    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        report = merge_shards(output)
+    except AutoAnnotateError as err:
+        err_console.print(f"error: {err}", markup=False)
+        raise typer.Exit(err.exit_code) from None
+    if json_lines:
+        _emit(
+            sys.stdout,
+            {
+                "event": "merge",
+                "shards": report.shards,
+                "found": list(report.found),
+                "missing": list(report.missing),
+                "incomplete": list(report.incomplete),
+                "labels": report.labels,
+                "manifest": str(report.manifest),
+            },
+        )
+    else:
+        typer.echo(f"merged {len(report.found)} of {report.shards} shards, {report.labels} labels -> {report.manifest}")
+    if report.missing:
+        err_console.print(f"error: missing shards: {', '.join(map(str, report.missing))}", markup=False)
+    if report.incomplete:
+        err_console.print(
+            f"error: shards that did not complete: {', '.join(map(str, report.incomplete))}", markup=False
+        )
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED_IMAGES)
 
 
 from autoannotate.cli_review import register as _register_review_commands  # noqa: E402  (needs ``app``)

@@ -197,8 +197,8 @@ class AnnotationJob:
             self.notices.append(_changed_settings_notice(previous.settings, label_settings))
         if self.shard is not None and (self.settings.coco or self.settings.preview or self.settings.val_fraction):
             self.notices.append(
-                "with --shard, --coco, --preview and --val-fraction outputs cover all shards: "
-                f"write them with 'autoannotate merge {self.layout.output_dir}' once every shard is done"
+                "--coco, --preview and --val-fraction cover the whole dataset, so a shard does not write them: once"
+                " every shard is done, rerun the same command without --shard (it skips every annotated image)"
             )
         self.data_yaml_path = self._write_data_yaml()
         self._previous = previous

@@ -279,7 +279,8 @@ class Annotator:
             # one full-size mask at a time: a huge image with many boxes never holds them all
             mask = segmentation.mask(index)
             sam_iou = float(segmentation.iou_pred[index])
-            is_dropped = sam_iou < self.min_mask_score
+            # 0 disables the filter: SAM's predicted IoU is a regression output and can fall below 0
+            is_dropped = self.min_mask_score > 0 and sam_iou < self.min_mask_score
             polygons = [] if is_dropped else mask_to_polygons(mask, self.policy)
             dropped += is_dropped
             empty_masks += not is_dropped and not polygons

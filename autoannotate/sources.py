@@ -141,8 +141,8 @@ def _walk_images(root: Path) -> Iterator[Path]:
 
 def _sorted_entries(directory: Path, seen: set[tuple[int, int]]) -> Iterator[os.DirEntry[str]]:
     try:
-        stat = directory.stat()
-        key = (stat.st_dev, stat.st_ino)
+        info = directory.stat()
+        key = (info.st_dev, info.st_ino)
         if key in seen:
             return iter(())
         seen.add(key)

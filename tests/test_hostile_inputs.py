@@ -2,15 +2,16 @@
 the run is done (exit 1); an odd but good image is annotated on exactly the pixels ultralytics trains on.
 
 "The pixels ultralytics trains on" is ``ultralytics.utils.patches.imread`` (what its datasets load), and the images it
-drops are those ``ultralytics.data.utils.check_image`` rejects. The end-to-end runs put many inputs in one run, since
-every image costs about a second of MobileSAM on a small CPU. An odd image's labels are checked against those of a
-plain 8-bit PNG holding the pixels ``imread`` returns for it: the models are deterministic, so equal label text means
-the polygons are in the frame (and on the pixels) that training uses.
+drops are those ``ultralytics.data.utils.check_image`` rejects: every image we fail, it drops too. Decoding is checked
+pixel for pixel without models; the end-to-end runs put many inputs in one run, since every image costs about a second
+of MobileSAM on a small CPU. There the EXIF-rotated JPEG's labels are compared with those of a plain PNG of the pixels
+``imread`` returns for it: the models are deterministic, so equal label text means polygons in the rotated frame.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -192,7 +194,7 @@ def _ultralytics_drops(path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatc
 # Odd but good: each decodes to the pixels ultralytics trains on and is annotated.
 ODD_IMAGES: dict[str, Callable[[Path], Path]] = {
     "deep16.png": _deep16_png,
-    "gray.png": _gray_png,
+    "GRAY.PNG": _gray_png,  # also an upper-case .PNG
     "rgba.png": _rgba_png,
     "cmyk.jpg": _cmyk_jpeg,
     "exif6.jpg": _exif_rotated_jpeg,
@@ -274,9 +276,11 @@ def _jpeg_with_thumbnail_segment(image: np.ndarray) -> bytes:
     ],
 )
 def test_truncated_jpeg_is_failed_before_libjpeg_sees_it(tmp_path: Path, capfd, cut: float, progressive: bool):
-    whole = _jpeg_with_thumbnail_segment(_scene((240, 320), 11)) if not progressive else b""
+    image = _scene((240, 320), 11)
     if progressive:
-        whole = _encode(".jpg", _scene((240, 320), 11), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+        whole = _encode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    else:  # with a thumbnail-like segment whose own EOI marker must not pass for the image's
+        whole = _jpeg_with_thumbnail_segment(image)
     keep = len(whole) + int(cut) if cut < 0 else int(len(whole) * cut)
     path = _save(tmp_path / "cut.jpg", whole[:keep])
     with pytest.raises(ImageError, match="truncated JPEG: no end-of-image marker"):
@@ -303,17 +307,7 @@ def test_whole_jpeg_with_a_thumbnail_decodes(tmp_path: Path):
     assert decoded.shape == (40, 60, 3) and np.array_equal(decoded, _ultralytics_imread(path))
 
 
-def _webp(image: np.ndarray, **kwargs) -> bytes:
-    import io
-
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, "WEBP", **kwargs)
-    return out.getvalue()
-
-
 def _pil(image: np.ndarray, fmt: str, **kwargs) -> bytes:
-    import io
-
     out = io.BytesIO()
     Image.fromarray(image).save(out, fmt, **kwargs)
     return out.getvalue()
@@ -335,7 +329,7 @@ _RGB = np.random.default_rng(0).integers(0, 255, (37, 53, 3)).astype(np.uint8)  
         pytest.param(_pil(_RGB[..., 0].astype(np.uint16) * 200, "TIFF"), id="tiff-16-gray"),
         pytest.param(_encode(".webp", _RGB, [cv2.IMWRITE_WEBP_QUALITY, 60]), id="webp-lossy"),
         pytest.param(_encode(".webp", _RGB, [cv2.IMWRITE_WEBP_QUALITY, 101]), id="webp-lossless"),
-        pytest.param(_webp(np.dstack([_RGB, _RGB[..., :1]])), id="webp-extended-alpha"),
+        pytest.param(_pil(np.dstack([_RGB, _RGB[..., :1]]), "WEBP"), id="webp-extended-alpha"),
     ],
 )
 def test_peek_image_hw_reads_the_size_from_the_header(encoded: bytes):
@@ -348,8 +342,6 @@ def test_peek_image_hw_reads_the_size_from_the_header(encoded: bytes):
 def test_peek_image_hw_big_endian_tiff():
     encoded = _pil(np.zeros((37, 53), np.uint16), "TIFF")  # Pillow writes I;16 little-endian
     swapped = Image.fromarray(np.zeros((37, 53), np.uint16)).convert("I;16B")
-    import io
-
     out = io.BytesIO()
     swapped.save(out, "TIFF")
     assert out.getvalue()[:4] == b"MM\x00*"
@@ -385,7 +377,8 @@ def test_huge_image_fails_from_its_header_without_decoding(huge_png: Path, monke
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded an image that is over the pixel limit")
 
-    assert peek_image_hw(np.fromfile(str(huge_png), np.uint8)) == (20000, 20000) and 20000**2 > MAX_IMAGE_PIXELS
+    assert peek_image_hw(np.fromfile(str(huge_png), np.uint8)) == (20000, 20000)
+    assert MAX_IMAGE_PIXELS < 20000 * 20000
     monkeypatch.setattr(cv2, "imdecode", no_decoding)
     with pytest.raises(ImageError, match=r"image is 20000x20000 pixels \(400 MP\), over the 179 MP") as caught:
         read_image_bgr(huge_png)
@@ -453,15 +446,13 @@ def test_one_folder_of_100k_files_lists_once_and_fast(tmp_path: Path, monkeypatc
     images = iter_images(resolve_data(str(folder)))
     first = next(images)
     first_s = time.perf_counter() - started
-    count = 1
-    last = first
-    for last in images:
-        count += 1
+    rest = [str(source.rel_path) for source in images]
     total_s = time.perf_counter() - started
     print(f"100k files: first image after {first_s:.3f} s, all after {total_s:.3f} s")
-    assert str(first.rel_path) == "000000.jpg" and str(last.rel_path) == "099999.jpg" and count == 100_000
+    assert str(first.rel_path) == "000000.jpg" and len(rest) == 99_999
+    assert rest == sorted(rest) and rest[-1] == "099999.jpg"
     assert listed == [str(folder)]  # one listing of the folder: no per-file re-listing or stat storm
-    # Generous bounds that only catch pathological (quadratic) behaviour; about 0.3 s and 1 s here.
+    # Generous bounds that only catch pathological (quadratic) behaviour; about 0.2 s and 2 s here.
     assert first_s < 20 and total_s < 60
 
 
@@ -521,22 +512,17 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
     bad["bad/dangling.jpg"] = "file does not exist"
 
     odd = {f"odd/{name}": maker(data / "odd" / name) for name, maker in ODD_IMAGES.items()}
-    # The plain 8-bit PNG of what ultralytics trains on for each odd image: their labels must be equal.
-    refs = {}
-    for rel, path in odd.items():
-        if rel != "odd/tiny.png":
-            refs[rel] = f"refs/{Path(rel).stem}_{Path(rel).suffix[1:].lower()}.png"
-            _save(data / refs[rel], _encode(".png", _ultralytics_imread(path)))  # type: ignore[arg-type]
+    # The EXIF-rotated JPEG's twin: a plain PNG of the pixels ultralytics trains on (portrait 80x48). Equal labels
+    # mean polygons normalised by the rotated width and height. Same stem in another folder: its own label.
+    refs = {"odd/exif6.jpg": "refs/exif6.png"}
+    _save(data / "refs" / "exif6.png", _encode(".png", _ultralytics_imread(odd["odd/exif6.jpg"])))  # type: ignore[arg-type]
     names = {
         "names/straße bild 1.jpg": _jpeg(data / "names" / "straße bild 1.jpg", seed=21),
         "names/日本.png": _png(data / "names" / "日本.png", seed=22),
         "names/upper.JPG": _jpeg(data / "names" / "upper.JPG", seed=23),
-        "names/Upper2.PNG": _png(data / "names" / "Upper2.PNG", seed=24),  # Upper.txt would clash with upper.txt on macOS
     }
-    dups = {"dup/a/same.jpg": _jpeg(data / "dup" / "a" / "same.jpg", (48, 80), 25)}
-    dups["dup/b/same.jpg"] = _jpeg(data / "dup" / "b" / "same.jpg", (80, 48), 26)  # same stem, other folder
-    os.symlink("../..", data / "dup" / "a" / "loop")  # dup/a/loop -> hostile/: a cycle
-    good = sorted([*odd, *refs.values(), *names, *dups])
+    os.symlink("..", data / "names" / "loop")  # names/loop -> hostile/: a cycle
+    good = sorted([*odd, *refs.values(), *names])
 
     before = _tree_state(data)
     real_walk = sources._walk_images
@@ -580,20 +566,30 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
         assert len(rows) == event["instances"] <= 2
         for _, polygon in rows:
             assert polygon.min() >= 0 and polygon.max() <= 1
-    for rel, ref in refs.items():  # odd images are annotated exactly as their plain twins
+    for rel, ref in refs.items():
         assert labels[rel] == labels[ref], rel
-    assert any(labels[rel] for rel in refs)  # the comparison is not between empty files
-    assert labels["dup/a/same.jpg"] != labels["dup/b/same.jpg"]  # one label each, no collision
+    if not summary.get("dropped"):  # random weights: SAM scores may drop every instance, and the labels be empty
+        assert any(labels[rel] for rel in refs), "the twin comparison is between empty label files"
 
     assert summary["images"] == len(bad) + len(good)
     assert summary["failed"] == len(bad) and summary["labeled"] == len(good) and summary["skipped"] == 0
     assert summary["instances"] == sum(e["instances"] for e in images)
 
-    # The output dir holds exactly: data.yaml, the manifest, one label and one image link per annotated image.
-    expected = {"data.yaml", "autoannotate.json"}
-    expected |= {(Path("labels") / rel).with_suffix(".txt").as_posix() for rel in good}
-    expected |= {f"images/{rel}" for rel in good}
-    assert _output_files(out) == expected
+    # labels/ and images/ hold exactly one label and one image link per annotated image; every other file (data.yaml,
+    # the manifest, any sidecar) parses, and nothing is left half-written.
+    files = _output_files(out)
+    assert {f for f in files if f.startswith("labels/")} == {f"labels/{Path(rel).with_suffix('.txt')}" for rel in good}
+    assert {f for f in files if f.startswith("images/")} == {f"images/{rel}" for rel in good}
+    assert {"data.yaml", "autoannotate.json"} <= files
+    for name in files:
+        assert not any(part.startswith(".") or part.endswith((".tmp", ".part")) for part in Path(name).parts), name
+        text = (out / name).read_text(encoding="utf-8") if not name.startswith("images/") else ""
+        if name.endswith(".json"):
+            json.loads(text)
+        elif name.endswith(".jsonl"):
+            [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif name.endswith(".yaml"):
+            yaml.safe_load(text)
     for rel in good:
         assert (out / "images" / rel).resolve() == (data / rel).resolve()
     manifest = json.loads((out / "autoannotate.json").read_text(encoding="utf-8"))
@@ -608,7 +604,7 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
 
 def test_list_naming_a_missing_file(tmp_path: Path, models: list[str]):
     _jpeg(tmp_path / "pics" / "here.jpg", seed=30)
-    listing = _save(tmp_path / "pics" / "list.txt", "here.jpg\ngone.jpg\n".encode())
+    listing = _save(tmp_path / "pics" / "list.txt", b"here.jpg\ngone.jpg\n")
     result = runner.invoke(app, ["run", "--data", str(listing), "--json", *models])
     assert result.exit_code == 1, result.output
     events = {Path(e["path"]).name: e for e in _events(result.stdout) if e["event"] == "image"}
