@@ -143,6 +143,25 @@ ShardOpt = Annotated[
         show_default=False,
     ),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="local, or ray: Ray Data batch inference (pip install 'autoannotate[ray]'). [default: local]",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join a running Ray cluster (e.g. 'auto'); default: start Ray locally."),
+]
+RayWorkersOpt = Annotated[
+    int | None,
+    typer.Option("--ray-workers", help="Ray actors, one model pair each; 0 = one per CPU or GPU. [default: 0]"),
+]
+RayGpusOpt = Annotated[
+    float | None,
+    typer.Option("--ray-gpus-per-worker", help="GPUs per Ray actor (1, or 0.5 to share one). [default: 0]"),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML file with any of these options; command-line flags override it."),
@@ -205,6 +224,10 @@ def run(
     preview: PreviewOpt = None,
     val_fraction: ValFractionOpt = None,
     shard: ShardOpt = None,
+    engine: EngineOpt = None,
+    ray_address: RayAddressOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_gpus_per_worker: RayGpusOpt = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = None,
     json_lines: JsonOpt = None,
@@ -235,6 +258,10 @@ def run(
         "preview": preview,
         "val_fraction": val_fraction,
         "shard": shard,
+        "engine": engine,
+        "ray_address": ray_address,
+        "ray_workers": ray_workers,
+        "ray_gpus_per_worker": ray_gpus_per_worker,
         "overwrite": overwrite,
         "json": json_lines,
         "quiet": quiet,

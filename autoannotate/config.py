@@ -17,6 +17,7 @@ import yaml
 from autoannotate.errors import ConfigError
 
 POLYGON_MODES = ("merge", "largest", "split")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class RunSettings:
     preview: int = 0  # overlays for this many sampled images, and a contact sheet
     val_fraction: float = 0.0  # share of images listed in val.txt (the rest in train.txt); 0 = no split
     shard: str | None = None  # "I/N": annotate only shard I of N
+    engine: str = "local"  # "local" or "ray"
+    ray_address: str | None = None  # join a running Ray cluster; None = start a local Ray
+    ray_workers: int = 0  # Ray actors (one model pair each); 0 = one per CPU (or per GPU with --ray-gpus-per-worker)
+    ray_gpus_per_worker: float = 0.0
     overwrite: bool = False  # replace label files / data.yaml that this tool did not write
     json: bool = False
     quiet: bool = False
@@ -63,6 +68,9 @@ class RunSettings:
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in [0, 1)")
         if self.shard is not None:
             parse_shard(self.shard)
+        _check(self.engine in ENGINES, "engine", self.engine, f"one of {', '.join(ENGINES)}")
+        _check(self.ray_workers >= 0, "ray_workers", self.ray_workers, "a number of workers >= 0 (0 = automatic)")
+        _check(self.ray_gpus_per_worker >= 0, "ray_gpus_per_worker", self.ray_gpus_per_worker, "a number >= 0")
         _check(self.polygon in POLYGON_MODES, "polygon", self.polygon, f"one of {', '.join(POLYGON_MODES)}")
         _check(bool(self.det_model), "det_model", self.det_model, "a model file path or ultralytics asset name")
         _check(bool(self.sam_model), "sam_model", self.sam_model, "a model file path or ultralytics asset name")
@@ -109,6 +117,10 @@ _FIELD_TYPES: dict[str, type] = {
     "preview": int,
     "val_fraction": float,
     "shard": str,
+    "engine": str,
+    "ray_address": str,
+    "ray_workers": int,
+    "ray_gpus_per_worker": float,
     "overwrite": bool,
     "json": bool,
     "quiet": bool,

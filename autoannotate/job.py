@@ -106,6 +106,67 @@ def in_val(rel_path: PurePosixPath, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> LoadedModels:
+    """Pick the device, load the box source and MobileSAM, resolve ``--classes``, size torch's thread pool.
+
+    ``plan`` overrides the device's default compute plan (a distributed worker owns only some cores).
+    """
+    s = settings
+    device = select_device(s.device)
+    plan = plan or plan_compute(device)
+    boxes: BoxSource
+    if s.boxes_from is not None:
+        from autoannotate.review.labels import find_data_yaml, read_names
+
+        boxes_root = Path(s.boxes_from).expanduser()
+        names_file = Path(s.names).expanduser() if s.names else find_data_yaml(boxes_root)
+        names = read_names(names_file) if names_file is not None else names_from_boxes(boxes_root)
+        label_boxes = LabelBoxes(boxes_root, names)
+        class_ids = label_boxes.resolve_classes(s.classes)
+        boxes, det_path = label_boxes, None
+    else:
+        detector = Detector.from_weights(s.det_model, device)
+        names = detector.names
+        class_ids = detector.resolve_classes(s.classes)
+        boxes = detector.with_settings(
+            DetectSettings(conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids, half=s.half)
+        )
+        det_path = detector.weights_path
+    sam_weights = resolve_sam_weights(s.sam_model)
+    segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
+    batch = s.batch or default_batch_size(device)
+    apply_threads(plan)
+    records = _model_records(s, det_path, sam_weights, segmenter.variant or "unknown")
+    return LoadedModels(boxes, names, segmenter, batch, plan, records, class_ids)
+
+
+def make_annotator(
+    settings: RunSettings,
+    models: LoadedModels,
+    layout: DatasetLayout,
+    previous: PreviousRun,
+    fingerprint: str,
+    journal: Journal | None,
+) -> Annotator:
+    """The pipeline for these settings and models (the local engine's, or one distributed worker's)."""
+    s = settings
+    return Annotator(
+        models.boxes,
+        models.segmenter,
+        PolygonPolicy(PolygonMode(s.polygon), tolerance_px=s.tolerance, min_area_px=s.min_area),
+        layout,
+        batch=models.batch,
+        infer_workers=models.plan.infer_workers,
+        overwrite=s.overwrite,
+        previous=previous,
+        fingerprint=fingerprint,
+        journal=journal,
+        min_mask_score=s.min_mask_score,
+        class_names=models.names,
+        class_ids=models.class_ids,
+    )
+
+
 class AnnotationJob:
     """Construct (cheap, validates inputs and outputs), ``load()`` the models, then iterate ``run()``."""
 
@@ -127,35 +188,7 @@ class AnnotationJob:
 
     def load(self) -> LoadedModels:
         """Pick the device, load the models, resolve ``--classes``. Raises ModelError / ConfigError."""
-        s = self.settings
-        device = select_device(s.device)
-        plan = plan_compute(device)
-        boxes: BoxSource
-        if s.boxes_from is not None:
-            from autoannotate.review.labels import find_data_yaml, read_names
-
-            boxes_root = Path(s.boxes_from).expanduser()
-            names_file = Path(s.names).expanduser() if s.names else find_data_yaml(boxes_root)
-            names = read_names(names_file) if names_file is not None else names_from_boxes(boxes_root)
-            label_boxes = LabelBoxes(boxes_root, names)
-            class_ids = label_boxes.resolve_classes(s.classes)
-            boxes, det_path = label_boxes, None
-        else:
-            detector = Detector.from_weights(s.det_model, device)
-            names = detector.names
-            class_ids = detector.resolve_classes(s.classes)
-            boxes = detector.with_settings(
-                DetectSettings(
-                    conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids, half=s.half
-                )
-            )
-            det_path = detector.weights_path
-        sam_weights = resolve_sam_weights(s.sam_model)
-        segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
-        batch = s.batch or default_batch_size(device)
-        apply_threads(plan)
-        records = _model_records(s, det_path, sam_weights, segmenter.variant or "unknown")
-        self.models = LoadedModels(boxes, names, segmenter, batch, plan, records, class_ids)
+        self.models = load_models(self.settings)
         return self.models
 
     def label_settings(self) -> dict[str, Any]:
@@ -248,27 +281,18 @@ class AnnotationJob:
         manifest_path = out / self.files.manifest
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
-        annotator = Annotator(
-            models.boxes,
-            models.segmenter,
-            PolygonPolicy(PolygonMode(s.polygon), tolerance_px=s.tolerance, min_area_px=s.min_area),
-            self.layout,
-            batch=models.batch,
-            infer_workers=models.plan.infer_workers,
-            overwrite=s.overwrite,
-            previous=previous,
-            fingerprint=fingerprint,
-            journal=journal,
-            min_mask_score=s.min_mask_score,
-            class_names=models.names,
-            class_ids=models.class_ids,
-        )
+        if s.engine == "ray":
+            from autoannotate.engines.ray_engine import run_on_ray
+
+            outcomes = run_on_ray(s, self.layout, previous, fingerprint, self.images(), self.files.journal)
+        else:
+            outcomes = make_annotator(s, models, self.layout, previous, fingerprint, journal).run(self.images())
         sidecar_partial = out / f".{self.files.sidecar}.partial"
         complete = False
         last_checkpoint = time.monotonic()
         try:
             with open(sidecar_partial, "w", encoding="utf-8") as sidecar:
-                for outcome in annotator.run(self.images()):
+                for outcome in outcomes:
                     counts["images"] += 1
                     counts[outcome.status] += 1
                     counts["instances"] += outcome.instances
@@ -302,6 +326,9 @@ class AnnotationJob:
             except OutputError:
                 complete = False  # e.g. the disk is full: the last manifest and the journal still say it all
             journal.close(remove=complete)
+            if complete:  # the distributed workers' journals are folded into the manifest too
+                for worker_journal in out.glob(f"{Path(self.files.journal).stem}.worker-*.jsonl"):
+                    worker_journal.unlink(missing_ok=True)
         coco_path = previews_dir = None
         if self.shard is None:
             if s.val_fraction > 0:

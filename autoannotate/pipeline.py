@@ -159,19 +159,20 @@ class Annotator:
 
     def _admit(self, source: ImageSource, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""
+        item = self._check(source, claim(self.layout, source, claimed))
+        if item.error is None and item.skipped is None:
+            item.job = pool.submit(_decode, source.path)
+        return item
+
+    def _check(self, source: ImageSource, duplicate_error: str | None) -> _Item:
+        """Decide whether an image is skipped (done before), refused (a label that is not ours) or to be done."""
         label_path = self.layout.label_path(source.rel_path)
-        item = _Item(source, label_path)
-        if label_path in claimed:
-            item.error = (
-                f"another image in this run already maps to label {str(label_path)!r} (same folder and stem,"
-                " different extension); ultralytics cannot tell their labels apart, rename one"
-            )
+        item = _Item(source, label_path, error=duplicate_error)
+        if duplicate_error is not None:
             return item
-        claimed.add(label_path)
         item.key = key = self.layout.label_key(source.rel_path)
         item.signature = image_signature(source.path)
-        exists = label_path.exists() or label_path.is_symlink()
-        if not self.overwrite and exists:
+        if not self.overwrite and (label_path.exists() or label_path.is_symlink()):
             done = self.previous.entries.get(key)
             if (
                 done is not None
@@ -180,12 +181,29 @@ class Annotator:
                 and label_path.is_file()
             ):
                 item.skipped = done
-                return item
-            if key not in self.previous.owned:
+            elif key not in self.previous.owned:
                 item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
-                return item
-        item.job = pool.submit(_decode, source.path)
         return item
+
+    def process_batch(
+        self, sources: Sequence[ImageSource], duplicate_errors: Sequence[str | None]
+    ) -> list[ImageOutcome]:
+        """One batch, start to end, in the calling thread: what a distributed worker runs (see ``engines/``).
+
+        ``duplicate_errors``: the driver's ``claim`` verdict per image (it alone sees every image of the run).
+        """
+        items = [self._check(source, error) for source, error in zip(sources, duplicate_errors, strict=True)]
+        for item in items:
+            if item.error is None and item.skipped is None:
+                job: Future[tuple[np.ndarray, PreparedImage]] = Future()
+                try:
+                    job.set_result(_decode(item.source.path))
+                except Exception as err:
+                    job.set_exception(err)
+                item.job = job
+        done: Future[list[_Item]] = Future()
+        done.set_result(self._infer_batch(items))
+        return self._finish_batch(done)
 
     def _infer_batch(self, items: list[_Item]) -> list[_Item]:
         """Inference stage: wait for the decoded images, then detect and segment them."""
@@ -327,6 +345,18 @@ class Annotator:
             resolution_wh=(width, height),
             quality=tuple(quality),
         )
+
+
+def claim(layout: DatasetLayout, source: ImageSource, claimed: set[Path]) -> str | None:
+    """Reserve the image's label path in ``claimed``; the reason it cannot have one, if another image has it."""
+    label_path = layout.label_path(source.rel_path)
+    if label_path in claimed:
+        return (
+            f"another image in this run already maps to label {str(label_path)!r} (same folder and stem,"
+            " different extension); ultralytics cannot tell their labels apart, rename one"
+        )
+    claimed.add(label_path)
+    return None
 
 
 def _is_out_of_memory(err: BaseException) -> bool:

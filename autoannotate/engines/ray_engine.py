@@ -1,0 +1,138 @@
+"""``--engine ray``: the same pipeline as Ray Data batch inference, for clusters.
+
+The driver lists the images (streaming) and claims their label paths (it alone sees them all); Ray Data streams
+them through ``map_batches`` with an actor pool, one loaded model pair per actor; each actor runs
+``Annotator.process_batch`` and writes its labels (atomically, journalled) straight to the output dir, which on a
+cluster is a shared filesystem. Outcomes come back to the driver in input order, so the ``--json`` events, the
+manifest and the labels are those of ``--engine local``. A killed worker leaves no partial label (atomic writes);
+a rerun resumes from the manifest and the journals as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from autoannotate.config import RunSettings
+from autoannotate.errors import ConfigError
+from autoannotate.layout import DatasetLayout
+from autoannotate.pipeline import ImageOutcome, claim
+from autoannotate.quality import InstanceQuality
+from autoannotate.resume import Journal, PreviousRun
+from autoannotate.sources import ImageSource
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'autoannotate[ray]' (or pip install 'ray[data]')"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+class _AnnotateActor:
+    """One Ray actor: loads the models once, then annotates batches of images and writes their labels."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        layout: DatasetLayout,
+        previous: PreviousRun,
+        fingerprint: str,
+        journal_name: str,
+        torch_threads: int,
+    ) -> None:
+        from autoannotate.device import ComputePlan, select_device
+        from autoannotate.job import load_models, make_annotator
+
+        device = select_device(settings.device)
+        models = load_models(settings, ComputePlan(device, 1, max(1, torch_threads)))
+        journal = Journal(layout.output_dir / journal_name.replace(".jsonl", f".worker-{uuid.uuid4().hex[:12]}.jsonl"))
+        self.annotator = make_annotator(settings, models, layout, previous, fingerprint, journal)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        sources = [ImageSource(Path(p), PurePosixPath(r)) for p, r in zip(batch["path"], batch["rel"], strict=True)]
+        duplicates = [d or None for d in batch["duplicate"]]
+        outcomes = self.annotator.process_batch(sources, duplicates)
+        return {"outcome": [_to_record(o) for o in outcomes]}
+
+
+def _to_record(outcome: ImageOutcome) -> dict[str, Any]:
+    record = dataclasses.asdict(outcome)
+    record["source"] = {"path": str(outcome.source.path), "rel": outcome.source.rel_path.as_posix()}
+    record["label_path"] = str(outcome.label_path) if outcome.label_path is not None else None
+    return record
+
+
+def _from_record(record: dict[str, Any]) -> ImageOutcome:
+    source = ImageSource(Path(record["source"]["path"]), PurePosixPath(record["source"]["rel"]))
+    wh = record.get("resolution_wh")
+    return ImageOutcome(
+        source,
+        record["status"],
+        label_path=Path(record["label_path"]) if record.get("label_path") else None,
+        instances=int(record["instances"]),
+        detections=int(record["detections"]),
+        empty_masks=int(record["empty_masks"]),
+        dropped=int(record["dropped"]),
+        error=record.get("error"),
+        resolution_wh=(int(wh[0]), int(wh[1])) if wh is not None else None,
+        quality=tuple(InstanceQuality(**q) for q in record.get("quality") or ()),
+    )
+
+
+def run_on_ray(
+    settings: RunSettings,
+    layout: DatasetLayout,
+    previous: PreviousRun,
+    fingerprint: str,
+    images: Iterable[ImageSource],
+    journal_name: str,
+) -> Iterator[ImageOutcome]:
+    """Annotate ``images`` on Ray; yields one outcome per image, in input order."""
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    resources = ray.cluster_resources()
+    gpus = settings.ray_gpus_per_worker
+    if settings.ray_workers:
+        workers = settings.ray_workers
+    elif gpus > 0:
+        workers = max(1, int(resources.get("GPU", 0) / gpus))
+    else:
+        workers = max(1, int(resources.get("CPU", 1)))
+    cpus_per_worker = 1 if gpus > 0 else max(1, int(resources.get("CPU", 1)) // workers)
+    claimed: set[Path] = set()
+    rows = [
+        {"path": str(s.path), "rel": s.rel_path.as_posix(), "duplicate": claim(layout, s, claimed) or ""}
+        for s in images
+    ]
+    if not rows:
+        return
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # outcomes (and so --json events) in input order
+    context.enable_progress_bars = False
+    dataset = ray.data.from_items(rows).map_batches(
+        _AnnotateActor,
+        fn_constructor_kwargs={
+            "settings": settings,
+            "layout": layout,
+            "previous": previous,
+            "fingerprint": fingerprint,
+            "journal_name": journal_name,
+            "torch_threads": cpus_per_worker,
+        },
+        batch_size=settings.batch or 1,
+        batch_format="default",
+        concurrency=workers,
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus,
+    )
+    for row in dataset.iter_rows():
+        yield _from_record(row["outcome"])

@@ -1,0 +1,93 @@
+"""--engine ray: same labels and events as the local engine on a local Ray with 2 CPU workers; resumes; and a
+one-line install hint when Ray is missing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from autoannotate.cli import app
+
+runner = CliRunner()
+
+
+def _images(root: Path) -> None:
+    rng = np.random.default_rng(11)
+    for i in range(4):
+        image = np.full((48 + 8 * i, 72, 3), 90, np.uint8)
+        cv2.rectangle(image, (10, 10), (40 + i, 30 + i), tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+        (root / f"set{i % 2}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / f"set{i % 2}" / f"im{i}.jpg"), image)
+
+
+def _run(data: Path, out: Path, yolo: Path, sam: Path, *extra: str):
+    args = ["run", "--data", str(data), "--output-dir", str(out), "--det-model", str(yolo), "--sam-model", str(sam)]
+    return runner.invoke(app, [*args, "--conf", "1e-4", "--max-det", "2", "--json", *extra])
+
+
+def _events(stdout: str, out: Path) -> list[dict]:
+    events = []
+    for line in stdout.splitlines():
+        event = json.loads(line)
+        if event["event"] == "image" and event["label"]:
+            event["label"] = str(Path(event["label"]).relative_to(out))
+        if event["event"] == "summary":
+            event = {k: v for k, v in event.items() if k not in ("seconds", "images_per_s", "output_dir", "data_yaml")}
+        events.append(event)
+    return events
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    names = ["labels/**/*.txt", "data.yaml", "instances.jsonl"]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for pattern in names for p in sorted(root.glob(pattern))}
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_matches_local_engine(tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path, local_ray):
+    data = tmp_path / "imgs"
+    _images(data)
+    started = time.perf_counter()
+    local = _run(data, tmp_path / "local", yolo_weights, mobile_sam_weights)
+    local_seconds = time.perf_counter() - started
+    assert local.exit_code == 0, local.output
+    started = time.perf_counter()
+    distributed = _run(
+        data, tmp_path / "ray", yolo_weights, mobile_sam_weights, "--engine", "ray", "--ray-workers", "2"
+    )
+    ray_seconds = time.perf_counter() - started
+    assert distributed.exit_code == 0, distributed.output
+    print(f"\nwall time, 4 images: local engine {local_seconds:.1f} s, ray engine (2 CPU workers) {ray_seconds:.1f} s")
+    assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")  # byte for byte
+    assert len(_tree(tmp_path / "local")) == 6
+    assert _events(distributed.stdout, tmp_path / "ray") == _events(local.stdout, tmp_path / "local")
+    assert not list((tmp_path / "ray").glob("*.journal*"))  # folded into the manifest once complete
+    # a rerun resumes: nothing left to do
+    again = _run(data, tmp_path / "ray", yolo_weights, mobile_sam_weights, "--engine", "ray", "--ray-workers", "2")
+    assert json.loads(again.stdout.splitlines()[-1])["skipped"] == 4
+
+
+def test_ray_missing_gives_install_hint(
+    tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as without the extra
+    data = tmp_path / "imgs"
+    _images(data)
+    result = _run(data, tmp_path / "out", yolo_weights, mobile_sam_weights, "--engine", "ray")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --engine ray needs Ray: pip install 'autoannotate[ray]' (or pip install 'ray[data]')"
+    ]
