@@ -453,6 +453,10 @@ _register_review_commands(app)
 
 def main() -> None:
     """Console-script entry point."""
+    import cv2
+
+    # OpenCV's own warnings (e.g. TIFF tag noise) go to stderr past our one-line-per-problem reporting
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     app(prog_name="autoannotate")
 
 
