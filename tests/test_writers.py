@@ -160,3 +160,22 @@ def test_label_writer_reader_round_trip(width, height, class_id, data):
     # and ultralytics' truncating rasteriser lands on the same integer pixel
     truncated = (polygon_norm.astype(np.float32) * np.array([width, height], np.float32)).astype(np.int32)
     np.testing.assert_array_equal(truncated, polygon.astype(np.int32))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=50))
+def test_vectorised_formatting_equals_python_formatting(values):
+    from autoannotate.writers.yolo import format_unit_values
+
+    assert format_unit_values(np.array(values)) == " ".join(f"{v:.6f}" for v in values)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 640, 1920, 4000, 8192])
+def test_vectorised_formatting_on_every_pixel_centre(width):
+    """Every value a label can hold for an image of this width (including exact rounding ties)."""
+    from autoannotate.writers.yolo import format_unit_values
+
+    values = (np.arange(width) + 0.5) / width
+    assert format_unit_values(values) == " ".join(f"{v:.6f}" for v in values)
+    ties = np.array([0.0000005, 0.0000015, 0.1234565, 0.9999995, 0.5, 1.0, 0.0])
+    assert format_unit_values(ties) == " ".join(f"{v:.6f}" for v in ties)
