@@ -19,10 +19,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from autoannotate import __version__
+from autoannotate.cli_errors import EXIT_FAILED_IMAGES, EXIT_OK, run_guarded
 from autoannotate.config import build_settings, read_config_file
-from autoannotate.errors import AutoAnnotateError, one_line
-
-EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every image done; 1 some images failed (each reported, the rest done);"
@@ -267,25 +265,7 @@ def run(
         "quiet": quiet,
     }
     err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        code = _run(overrides, config, err_console)
-    except AutoAnnotateError as err:
-        if debug:
-            raise
-        err_console.print(f"error: {err}", markup=False)
-        code = err.exit_code
-    except KeyboardInterrupt:
-        err_console.print("error: interrupted", markup=False)
-        code = EXIT_INTERRUPTED
-    except Exception as err:
-        if debug:
-            raise
-        err_console.print(
-            f"error: internal error {one_line(err, 300)} (rerun with --debug and report it)",
-            markup=False,
-        )
-        code = EXIT_INTERNAL
-    raise typer.Exit(code)
+    run_guarded(lambda: _run(overrides, config, err_console), debug)
 
 
 def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -> int:
@@ -416,34 +396,32 @@ def merge(
     """Fold the manifests and quality sidecars of --shard runs into autoannotate.json and instances.jsonl."""
     from autoannotate.merge import merge_shards
 
-    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
+    def body() -> int:
         report = merge_shards(output)
-    except AutoAnnotateError as err:
-        err_console.print(f"error: {err}", markup=False)
-        raise typer.Exit(err.exit_code) from None
-    if json_lines:
-        _emit(
-            sys.stdout,
-            {
-                "event": "merge",
-                "shards": report.shards,
-                "found": list(report.found),
-                "missing": list(report.missing),
-                "incomplete": list(report.incomplete),
-                "labels": report.labels,
-                "manifest": str(report.manifest),
-            },
-        )
-    else:
-        typer.echo(f"merged {len(report.found)} of {report.shards} shards, {report.labels} labels -> {report.manifest}")
-    if report.missing:
-        err_console.print(f"error: missing shards: {', '.join(map(str, report.missing))}", markup=False)
-    if report.incomplete:
-        err_console.print(
-            f"error: shards that did not complete: {', '.join(map(str, report.incomplete))}", markup=False
-        )
-    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED_IMAGES)
+        if json_lines:
+            _emit(
+                sys.stdout,
+                {
+                    "event": "merge",
+                    "shards": report.shards,
+                    "found": list(report.found),
+                    "missing": list(report.missing),
+                    "incomplete": list(report.incomplete),
+                    "labels": report.labels,
+                    "manifest": str(report.manifest),
+                },
+            )
+        else:
+            typer.echo(
+                f"merged {len(report.found)} of {report.shards} shards, {report.labels} labels -> {report.manifest}"
+            )
+        if report.missing:
+            typer.echo(f"error: missing shards: {', '.join(map(str, report.missing))}", err=True)
+        if report.incomplete:
+            typer.echo(f"error: shards that did not complete: {', '.join(map(str, report.incomplete))}", err=True)
+        return EXIT_OK if report.ok else EXIT_FAILED_IMAGES
+
+    run_guarded(body, debug=False)
 
 
 from autoannotate.cli_review import register as _register_review_commands  # noqa: E402  (needs ``app``)

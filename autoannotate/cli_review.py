@@ -8,14 +8,15 @@ some images skipped (``export``, ``preview``), each reported; 2 bad usage, confi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from autoannotate import __version__
-from autoannotate.errors import AutoAnnotateError, ConfigError, ImageError, InputError, one_line
+from autoannotate.cli_errors import EXIT_FAILED_IMAGES as EXIT_PROBLEMS
+from autoannotate.cli_errors import EXIT_OK, run_guarded
+from autoannotate.errors import ConfigError, ImageError, InputError
 from autoannotate.review.check import check_labels, format_report, report_to_dict
 from autoannotate.review.labels import (
     LabelPair,
@@ -28,7 +29,6 @@ from autoannotate.review.labels import (
 from autoannotate.review.preview import PreviewSample, load_sample, sample_pairs, write_previews
 from autoannotate.writers.coco import CocoImage, CocoInstance, build_coco, write_coco
 
-EXIT_OK, EXIT_PROBLEMS, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 3, 130
 COCO_NAME = "annotations.coco.json"
 PREVIEWS_DIR = "previews"
 
@@ -90,7 +90,7 @@ def check(
             typer.echo(format_report(report), nl=False)
         return EXIT_OK if report.ok else EXIT_PROBLEMS
 
-    _run_guarded(body, debug)
+    run_guarded(body, debug)
 
 
 def export_coco(
@@ -141,7 +141,7 @@ def export_coco(
             _warn(f"{skipped} of {len(pairs)} entries skipped (listed above)")
         return EXIT_PROBLEMS if skipped else EXIT_OK
 
-    _run_guarded(body, debug)
+    run_guarded(body, debug)
 
 
 def _coco_record(pair: LabelPair, names: dict[int, str]) -> CocoImage | None:
@@ -212,7 +212,7 @@ def preview(
             typer.echo(str(path))
         return EXIT_PROBLEMS if failed else EXIT_OK
 
-    _run_guarded(body, debug)
+    run_guarded(body, debug)
 
 
 def register(app: typer.Typer) -> None:
@@ -252,23 +252,3 @@ def _names_file(labels: Path, names: Path | None) -> Path | None:
 
 def _warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
-
-
-def _run_guarded(body: Callable[[], int], debug: bool) -> None:
-    """Run a command body and exit with its code; errors become one ``error:`` line on stderr (see module doc)."""
-    try:
-        code = body()
-    except AutoAnnotateError as err:
-        if debug:
-            raise
-        typer.echo(f"error: {err}", err=True)
-        code = err.exit_code
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        code = EXIT_INTERRUPTED
-    except Exception as err:
-        if debug:
-            raise
-        typer.echo(f"error: internal error {one_line(err, 300)} (rerun with --debug and report it)", err=True)
-        code = EXIT_INTERNAL
-    raise typer.Exit(code)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -138,43 +138,39 @@ def load_previous(output_dir: Path) -> PreviousRun:
 def _read_journal(
     path: Path, entries: dict[str, LabelEntry], owned: set[str], rows: dict[str, list[dict[str, Any]]]
 ) -> None:
-    try:
-        with open(path, encoding="utf-8") as journal:
-            for line in journal:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by a kill
-                if not isinstance(record, dict) or not isinstance(record.get("label"), str):
-                    continue
-                key = record["label"]
-                owned.add(key)
-                if record.get("event") == "pending":
-                    entries.pop(key, None)  # being rewritten when the run stopped: not known done
-                elif record.get("event") == "done":
-                    entry = LabelEntry.from_dict(record)
-                    if entry is not None:
-                        entries[key] = entry
-                        rows[key] = [r for r in record.get("rows") or [] if isinstance(r, dict)]
-    except OSError:
-        pass
+    for record in _labelled_json_lines(path):
+        key = record["label"]
+        owned.add(key)
+        if record.get("event") == "pending":
+            entries.pop(key, None)  # being rewritten when the run stopped: not known done
+        elif record.get("event") == "done":
+            entry = LabelEntry.from_dict(record)
+            if entry is not None:
+                entries[key] = entry
+                rows[key] = [r for r in record.get("rows") or [] if isinstance(r, dict)]
 
 
 def read_sidecar_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
     """``instances.jsonl`` rows grouped by their ``label`` key (missing file or torn lines: skipped)."""
     rows: dict[str, list[dict[str, Any]]] = {}
+    for row in _labelled_json_lines(path):
+        rows.setdefault(row["label"], []).append(row)
+    return rows
+
+
+def _labelled_json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects with a string ``label`` in a JSON-lines file; a missing file or torn lines are skipped."""
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 try:
-                    row = json.loads(line)
+                    record = json.loads(line)
                 except ValueError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("label"), str):
-                    rows.setdefault(row["label"], []).append(row)
+                    continue  # a line torn by a kill
+                if isinstance(record, dict) and isinstance(record.get("label"), str):
+                    yield record
     except OSError:
-        pass
-    return rows
+        return
 
 
 class Journal:
