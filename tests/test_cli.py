@@ -389,3 +389,44 @@ def test_offline_asset_names_fail_with_download_hint(tmp_path: Path, monkeypatch
         line = result.stderr.strip().splitlines()[-1]
         assert line.startswith("error:") and flag in line and name in line and "download" in line
         assert "https://" in line
+
+
+def test_list_with_dotdot_and_absolute_paths_writes_only_inside_output(tmp_path: Path, models: list[str]):
+    """Labels and links of a list naming ``..`` and absolute paths all land under the output dir."""
+    a = _write(tmp_path / "far" / "away" / "a.jpg", seed=30)
+    b = _write(tmp_path / "lists" / "b.jpg", seed=31)
+    listing = tmp_path / "lists" / "sub" / "list.txt"
+    listing.parent.mkdir(parents=True)
+    listing.write_text(f"../../far/away/a.jpg\n{b}\n")
+    before = {p for p in tmp_path.rglob("*")}
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--data", str(listing), "--output-dir", str(out), "--json", *models])
+    assert result.exit_code == 0, result.output
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert created and all(out == p or out in p.parents for p in created)
+    assert (out / "labels" / "far" / "away" / "a.txt").is_file() and (out / "labels" / "lists" / "b.txt").is_file()
+    assert (out / "images" / "far" / "away" / "a.jpg").resolve() == a.resolve()
+
+
+def test_full_disk_is_one_line_exit_2_and_keeps_labels(tmp_path: Path, models: list[str], monkeypatch):
+    import errno
+
+    from autoannotate.errors import OutputError
+
+    data = tmp_path / "ds" / "images"
+    _write(data / "x.jpg", seed=32)
+    _write(data / "y.jpg", seed=33)
+    first = runner.invoke(app, ["run", "--data", str(data), "--json", *models])
+    assert first.exit_code == 0
+    labels = {p.name: p.read_bytes() for p in (tmp_path / "ds" / "labels").iterdir()}
+
+    def full(path, text, **kwargs):
+        raise OutputError(f"cannot write {str(path)!r}: No space left on device", errno=errno.ENOSPC)
+
+    monkeypatch.setattr("autoannotate.pipeline.write_text_atomic", full)
+    result = runner.invoke(app, ["run", "--data", str(data), "--json", "--overwrite", *models])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ds" / "labels").iterdir()} == labels
+    assert json.loads((tmp_path / "ds" / "autoannotate.json").read_text())["state"] == "interrupted"
