@@ -15,7 +15,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from autoannotate import __version__
@@ -307,15 +307,13 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]annotating"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.fields[total_text]} images"),
+        BarColumn(bar_width=20),
+        TextColumn("{task.completed}/{task.fields[total_text]}"),
         TextColumn("{task.fields[rate]} img/s"),
-        TextColumn("{task.fields[instances]} instances"),
-        TextColumn("{task.fields[failed]} failed"),
-        TextColumn("{task.fields[skipped]} skipped"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[instances]} inst"),
+        TextColumn("{task.fields[failed]} failed {task.fields[skipped]} skipped"),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeRemainingColumn(compact=True),
         console=err_console,
         disable=quiet,
         transient=False,

@@ -176,9 +176,9 @@ class Detector:
             classes=list(s.class_ids) if s.class_ids is not None else None,
             device=self.device,
             batch=len(images_bgr),
-            half=s.half,
             verbose=False,
             save=False,
+            **_precision_kwargs(s.half),
         )
         if torch.get_num_threads() != threads:  # ultralytics' predictor setup resets it; keep the caller's choice
             torch.set_num_threads(threads)
@@ -196,3 +196,13 @@ class Detector:
                 )
             )
         return out
+
+
+def _precision_kwargs(half: bool) -> dict[str, object]:
+    """fp16 for ultralytics' predictor: ``quantize=16`` where it exists (``half`` is deprecated there), else
+    ``half=True``; nothing at all for fp32, so no deprecation warning is printed."""
+    if not half:
+        return {}
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}

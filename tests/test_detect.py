@@ -58,6 +58,7 @@ def test_settings_reach_predict_and_batches_group_by_shape():
     call = fake.calls[0]
     assert (call["conf"], call["iou"], call["imgsz"], call["max_det"], call["classes"]) == (0.4, 0.6, 320, 7, [0, 2])
     assert call["batch"] == 2 and call["verbose"] is False
+    assert "half" not in call and "quantize" not in call  # fp32: no deprecated precision argument at all
     # aligned with the input order, in each image's own pixel frame
     np.testing.assert_allclose(out[1].xyxy, [[0, 0, 20, 30]])
     np.testing.assert_allclose(out[2].xyxy, [[0, 0, 30, 20]])
@@ -85,3 +86,9 @@ def test_from_weights_errors(tmp_path: Path, mobile_sam_weights: Path):
     with pytest.raises(ModelError) as info:
         Detector.from_weights(str(mobile_sam_weights), torch.device("cpu"))
     assert "\n" not in str(info.value)
+
+
+def test_half_asks_ultralytics_for_fp16():
+    fake = FakeYOLO()
+    Detector(fake, DetectSettings(half=True), torch.device("cpu")).detect([np.zeros((8, 8, 3), np.uint8)])
+    assert fake.calls[0].get("quantize") == 16 or fake.calls[0].get("half") is True
