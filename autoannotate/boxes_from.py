@@ -15,6 +15,7 @@ import numpy as np
 
 from autoannotate.detect import Detections
 from autoannotate.errors import ConfigError, ImageError
+from autoannotate.writers.yolo import iter_label_rows
 
 
 class LabelBoxes:
@@ -59,25 +60,21 @@ class LabelBoxes:
             raise ImageError(f"cannot read box labels {str(path)!r}: {err}") from None
         width, height = resolution_wh
         xyxy, cls = [], []
-        for number, line in enumerate(text.splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                values = [float(v) for v in fields]
-            except ValueError:
-                raise ImageError(f"{str(path)!r} line {number}: non-numeric value") from None
-            if len(values) == 5:
-                cx, cy, w, h = values[1:]
+        try:
+            rows = list(iter_label_rows(text))
+        except ValueError as err:
+            raise ImageError(f"{str(path)!r} {err}") from None
+        for number, class_id, coords in rows:
+            if len(coords) == 4:
+                cx, cy, w, h = coords
                 box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-            elif len(values) >= 7 and len(values) % 2 == 1:
-                points = np.array(values[1:]).reshape(-1, 2)
+            elif len(coords) >= 6 and len(coords) % 2 == 0:
+                points = np.array(coords).reshape(-1, 2)
                 box = [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
             else:
-                raise ImageError(f"{str(path)!r} line {number}: expected 'class cx cy w h', got {len(values)} numbers")
-            if not values[0].is_integer() or values[0] < 0:
-                raise ImageError(f"{str(path)!r} line {number}: class {fields[0]!r} is not a non-negative integer")
-            class_id = int(values[0])
+                raise ImageError(
+                    f"{str(path)!r} line {number}: expected 'class cx cy w h', got {len(coords) + 1} numbers"
+                )
             if class_ids is not None and class_id not in class_ids:
                 continue
             scaled = np.clip(np.array(box) * [width, height, width, height], 0, [width, height, width, height])

@@ -5,7 +5,7 @@ Pure formatting and parsing; no file access.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -73,11 +73,13 @@ def format_label_file(lines: Iterable[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def parse_label_file(text: str) -> list[tuple[int, np.ndarray]]:
-    """Parse YOLO-seg label text into ``(class_id, polygon_norm (K, 2))`` pairs. Raises ValueError naming the line."""
-    rows: list[tuple[int, np.ndarray]] = []
+def iter_label_rows(text: str) -> Iterator[tuple[int, int, list[float]]]:
+    """``(line number, class id, the numbers after it)`` for each non-blank line of a YOLO label file.
+
+    Raises ValueError naming the line for a non-numeric value or a class id that is not a non-negative integer.
+    """
     for number, line in enumerate(text.splitlines(), start=1):
-        fields: Sequence[str] = line.split()
+        fields = line.split()
         if not fields:
             continue
         try:
@@ -86,8 +88,14 @@ def parse_label_file(text: str) -> list[tuple[int, np.ndarray]]:
             raise ValueError(f"line {number}: non-numeric value") from None
         if not values[0].is_integer() or values[0] < 0:
             raise ValueError(f"line {number}: class id {fields[0]!r} is not a non-negative integer")
-        coords = values[1:]
+        yield number, int(values[0]), values[1:]
+
+
+def parse_label_file(text: str) -> list[tuple[int, np.ndarray]]:
+    """Parse YOLO-seg label text into ``(class_id, polygon_norm (K, 2))`` pairs. Raises ValueError naming the line."""
+    rows: list[tuple[int, np.ndarray]] = []
+    for number, class_id, coords in iter_label_rows(text):
         if len(coords) % 2 or len(coords) < 6:
             raise ValueError(f"line {number}: expected >= 3 x,y pairs, got {len(coords)} numbers")
-        rows.append((int(values[0]), np.array(coords, dtype=np.float64).reshape(-1, 2)))
+        rows.append((class_id, np.array(coords, dtype=np.float64).reshape(-1, 2)))
     return rows
