@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRe
 from rich.table import Table
 
 from autoannotate import __version__
+from autoannotate.allocator import tune_host_allocator
 from autoannotate.cli_errors import EXIT_FAILED_IMAGES, EXIT_OK, run_guarded
 from autoannotate.config import build_settings, read_config_file
 
@@ -270,6 +271,7 @@ def run(
 
 def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -> int:
     settings = build_settings(read_config_file(config) if config is not None else None, overrides)
+    tune_host_allocator()  # process-wide, so here at the entry point, before any inference thread exists
     from autoannotate.job import AnnotationJob  # imports torch and ultralytics: only once the options are valid
 
     _route_library_logs_to_stderr(quiet=settings.quiet or settings.json)

@@ -41,6 +41,7 @@ __all__ = [
     "PreparedImage",
     "SegmentationResult",
     "default_batch_size",
+    "default_decoder_batch_size",
     "detect_sam_variant",
     "load_sam",
     "prepare_image",
@@ -421,6 +422,12 @@ def default_batch_size(device: torch.device | str) -> int:
     return 8 if torch.device(device).type == "cuda" else 1
 
 
+def default_decoder_batch_size(device: torch.device | str) -> int:
+    """Most boxes per mask-decoder call on ``device``: 32 on CUDA (one launch sequence for a typical image), 8 on
+    CPU, where time per box is the same from 1 to 32 boxes per call but a chunk of 32 holds ~1 GB of activations."""
+    return 32 if torch.device(device).type == "cuda" else 8
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Segmenter
 # --------------------------------------------------------------------------------------------------------------------
@@ -450,7 +457,7 @@ class BoxSegmenter:
         model: torch.nn.Module,
         *,
         half: bool = False,
-        decoder_batch_size: int = 32,
+        decoder_batch_size: int | None = None,
         variant: str | None = None,
     ) -> None:
         """Wrap a SAM model (``.image_encoder``, ``.prompt_encoder``, ``.mask_decoder`` as built by ultralytics).
@@ -459,9 +466,10 @@ class BoxSegmenter:
             model: The SAM model; it is switched to eval mode.
             half: Run encoder and decoder under autocast, float16 on CUDA and bfloat16 on CPU (logits are converted
                 back to float32 before postprocessing).
-            decoder_batch_size: At most this many boxes per mask-decoder call. The decoder holds ~30 MB of float32
-                activations per box (the image embedding is repeated per box), so this bounds memory on images
-                with hundreds of boxes; results do not depend on it beyond float rounding.
+            decoder_batch_size: At most this many boxes per mask-decoder call (default
+                ``default_decoder_batch_size(device)``). The decoder holds ~30 MB of float32 activations per box
+                (the image embedding is repeated per box), so this bounds memory on images with hundreds of boxes;
+                results do not depend on it beyond float rounding.
             variant: The variant name, for reporting (``load_sam`` returns it).
         """
         for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
@@ -479,7 +487,7 @@ class BoxSegmenter:
             raise ModelError(
                 f"the SAM image encoder works at {img_size} px, this predictor needs {SAM_IMAGE_SIZE}; {_SAM_FLAG_HINT}"
             )
-        if decoder_batch_size < 1:
+        if decoder_batch_size is not None and decoder_batch_size < 1:
             raise ValueError(f"decoder_batch_size must be >= 1, got {decoder_batch_size}")
         self._model = model.eval()
         # Typed handles on the three parts (nn.Module attribute access is untyped); they move with the model.
@@ -489,7 +497,7 @@ class BoxSegmenter:
         self._mask_decoder = cast(Callable[..., tuple[torch.Tensor, torch.Tensor]], parts.mask_decoder)
         self._dense_pe = cast(Callable[[], torch.Tensor], parts.prompt_encoder.get_dense_pe)
         self._half = bool(half)
-        self._decoder_batch_size = int(decoder_batch_size)
+        self._decoder_batch_size = decoder_batch_size
         self._variant = variant
 
     @classmethod
@@ -599,6 +607,9 @@ class BoxSegmenter:
             with torch.inference_mode():
                 mean, std = self._pixel_stats(device)
                 batch = torch.stack([self._encoder_input(images[i], device, mean, std) for i in todo])
+                # Channels-last: the TinyViT stem and stage-1 depthwise convolutions run 3-4x faster in this
+                # layout on CPU (oneDNN), and the later stages already produce it; values are unchanged.
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 with self._autocast(device):
                     embeddings = self._image_encoder(batch)
                 image_pe = self._dense_pe()
@@ -622,14 +633,13 @@ class BoxSegmenter:
         scale_xyxy = np.array([w1 / w0, h1 / h0, w1 / w0, h1 / h0], np.float64)
         boxes_input = torch.as_tensor(boxes_xyxy * scale_xyxy, dtype=torch.float32, device=device)
 
+        chunk = self._decoder_batch_size or default_decoder_batch_size(device)
         logits_chunks, iou_chunks = [], []
-        for start in range(0, len(boxes_input), self._decoder_batch_size):
+        for start in range(0, len(boxes_input), chunk):
             # The prompt encoder stays in float32 even with half=True: box corners go through a Fourier
             # positional encoding whose matmul, autocast to bfloat16 (8-bit mantissa), would move them by up to
             # ~4 px of the 1024 frame.
-            sparse, dense = self._prompt_encoder(
-                points=None, boxes=boxes_input[start : start + self._decoder_batch_size], masks=None
-            )
+            sparse, dense = self._prompt_encoder(points=None, boxes=boxes_input[start : start + chunk], masks=None)
             with self._autocast(device):
                 logits, iou = self._mask_decoder(
                     image_embeddings=embedding,

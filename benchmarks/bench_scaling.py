@@ -48,12 +48,20 @@ from common import (
     write_synthetic_images,
 )
 
+from autoannotate.allocator import tune_host_allocator
 from autoannotate.detect import Detections
 from autoannotate.device import apply_threads, plan_compute, select_device
 from autoannotate.layout import plan_layout
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
-from autoannotate.segment import SAM_IMAGE_SIZE, BoxSegmenter, SegmentationResult, postprocess_logits, prepare_image
+from autoannotate.segment import (
+    SAM_IMAGE_SIZE,
+    BoxSegmenter,
+    SegmentationResult,
+    default_decoder_batch_size,
+    postprocess_logits,
+    prepare_image,
+)
 from autoannotate.sources import iter_images, read_image_bgr, resolve_data
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.yolo import format_label_file, format_polygon_line
@@ -62,7 +70,6 @@ T = TypeVar("T")
 MEMORY_SIZES_WH = ((320, 240), (256, 256), (400, 300), (240, 320))
 RSS_SAMPLE_INTERVAL_S = 0.5
 POSTPROCESS_CHUNK_BOXES = 8
-DECODER_CHUNK_BOXES = 32  # BoxSegmenter's default decoder_batch_size
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -181,7 +188,7 @@ def encoder_only_s(segmenter: BoxSegmenter, repeats: int) -> tuple[float, torch.
 
 
 def decoder_only_s(segmenter: BoxSegmenter, embedding: torch.Tensor, boxes_1024: np.ndarray, repeats: int) -> float:
-    """Prompt encoder + mask decoder for every box, ``DECODER_CHUNK_BOXES`` at a time, as ``segment()`` calls them.
+    """Prompt encoder + mask decoder for every box, ``default_decoder_batch_size`` boxes per call, as ``segment()``.
 
     ``boxes_1024``: ``(N, 4)`` boxes in the 1024 frame (their values do not change the cost).
     """
@@ -191,10 +198,9 @@ def decoder_only_s(segmenter: BoxSegmenter, embedding: torch.Tensor, boxes_1024:
     def run() -> None:
         with torch.inference_mode():
             image_pe = model.prompt_encoder.get_dense_pe()
-            for start in range(0, len(boxes), DECODER_CHUNK_BOXES):
-                sparse, dense = model.prompt_encoder(
-                    points=None, boxes=boxes[start : start + DECODER_CHUNK_BOXES], masks=None
-                )
+            chunk = default_decoder_batch_size(segmenter.device)
+            for start in range(0, len(boxes), chunk):
+                sparse, dense = model.prompt_encoder(points=None, boxes=boxes[start : start + chunk], masks=None)
                 with autocast_if(segmenter.half):
                     model.mask_decoder(
                         image_embeddings=embedding,
@@ -575,6 +581,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    tune_host_allocator()  # as `autoannotate run` does, so that stage times match the CLI's
     work = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     try:
         print("\n".join(machine_lines()))

@@ -1,6 +1,6 @@
 """autoannotate vs ultralytics ``auto_annotate``: same images, models, settings and CPU, measured side by side.
 
-    python benchmarks/bench_vs_ultralytics.py [--images 6] [--max-det 8] [--repeats 2] [--keep] [--skip-half]
+    python benchmarks/bench_vs_ultralytics.py [--images 15] [--max-det 8] [--repeats 2] [--keep] [--skip-half]
 
 Both tools run as separate processes, alternating (U A U A ...), on one flat folder: the three sample images plus
 ``--images`` generated scenes. Both use the same random-weight YOLOv8s and MobileSAM stand-ins (see ``--sam-standin``
@@ -81,11 +81,23 @@ class RunResult:
     compute: str  # threads / workers the tool used
     label_dir: Path
     detail: str
+    in_flight: int = 1  # images the tool works on at once
+
+    def after_first_s(self) -> tuple[int, float]:
+        """``(images counted, seconds from the first label file to the last)``, from the label files' modification
+        times: the throughput once a tool is warm (models set up, first image out). A tool with ``in_flight`` images
+        under way had the others of its first batch nearly done when the first label appeared, so those are not
+        counted: ``labels - in_flight`` images (conservative for a tool with several in flight)."""
+        mtimes_ns = sorted(path.stat().st_mtime_ns for path in self.label_dir.rglob("*.txt"))
+        counted = len(mtimes_ns) - self.in_flight
+        if counted < 1:
+            return 0, 0.0
+        return counted, (mtimes_ns[-1] - mtimes_ns[0]) / 1e9
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=6, help="generated images added to the 3 sample images")
+    parser.add_argument("--images", type=int, default=15, help="generated images added to the 3 sample images")
     parser.add_argument("--max-det", type=int, default=8, help="detections (boxes) per image")
     parser.add_argument("--conf", type=float, default=1e-4, help="detector confidence (random weights need ~1e-4)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each tool, alternating")
@@ -151,14 +163,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def manifest_compute(output_dir: Path) -> str:
-    """How autoannotate used the CPU, from its run manifest (fields present in newer versions only)."""
+def manifest_compute(output_dir: Path) -> tuple[str, int]:
+    """How autoannotate used the CPU, from its run manifest (fields present in newer versions only), and how many
+    images it had in flight."""
     try:
         manifest = json.loads((output_dir / "autoannotate.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "no manifest"
+        return "no manifest", 1
     workers, threads = manifest.get("infer_workers"), manifest.get("torch_threads")
-    return f"{workers} inference workers x {threads} torch threads" if workers else "compute plan not recorded"
+    if not workers:
+        return "compute plan not recorded", 1
+    return f"{workers} inference workers x {threads} torch threads", int(workers) * int(manifest.get("batch") or 1)
 
 
 def _run_logged(command: list[str], log_stem: Path) -> tuple[ProcessMeasurement, str]:
@@ -249,7 +264,7 @@ def run_autoannotate(
         f"summary: {summary['images']} images, {summary['instances']} instances, {summary['empty_masks']} empty masks,"
         f" {summary['failed']} failed, {summary['seconds']}s, {summary['images_per_s']} img/s"
     )
-    compute = manifest_compute(out_dir)
+    compute, in_flight = manifest_compute(out_dir)
     return RunResult(
         variant,
         repeat,
@@ -261,6 +276,7 @@ def run_autoannotate(
         compute,
         out_dir / "labels",
         detail,
+        in_flight,
     )
 
 
@@ -367,6 +383,7 @@ def print_table(results: list[RunResult], variants: list[str]) -> None:
             f" {base_process_s / process_s:>8.2f} {median([r.cpu_s for r in runs]):>7.1f}"
             f" {median([r.other_cores for r in runs]):>10.2f}"
         )
+    print_warm_table(results, variants)
     print(
         "steady s: autoannotate = the --json summary 'seconds' (after both models are loaded: first-image detector"
         " setup and every image, decode to label file).\n"
@@ -377,6 +394,30 @@ def print_table(results: list[RunResult], variants: list[str]) -> None:
         "other load: CPU time used by every other process during the run / its wall time, in cores. Above ~0.2 the"
         " wall times are inflated by other work on this machine and the ratios are less trustworthy."
     )
+
+
+def print_warm_table(results: list[RunResult], variants: list[str]) -> None:
+    """Throughput once warm: images after the first label file / seconds from the first label file to the last."""
+
+    def warm_s_per_image(run: RunResult) -> float:
+        images, seconds = run.after_first_s()
+        return seconds / images if images else float("nan")
+
+    base = median([warm_s_per_image(r) for r in results if r.variant == ULTRALYTICS])
+    print(
+        "\nthroughput once warm (what a long run gets): images after the first label file (less the others in flight"
+        " with it) / seconds from the first label file to the last, by file modification time; median over repeats"
+        f"\n{'tool':<22} {'images':>6} {'seconds':>8} {'s/img':>6} {'img/s':>6} {'x ultra':>8}"
+    )
+    for variant in variants:
+        runs = [r for r in results if r.variant == variant]
+        s_per_image = median([warm_s_per_image(r) for r in runs])
+        images, _ = runs[0].after_first_s()
+        seconds = median([r.after_first_s()[1] for r in runs])
+        print(
+            f"{variant:<22} {images:>6} {seconds:>8.1f} {s_per_image:>6.2f} {1 / s_per_image:>6.3f}"
+            f" {base / s_per_image:>8.2f}"
+        )
 
 
 def print_labels(inputs: Inputs, results: list[RunResult], variants: list[str], half_ran: bool) -> None:
@@ -407,6 +448,42 @@ def print_labels(inputs: Inputs, results: list[RunResult], variants: list[str], 
             print(f"  mean mask IoU {mean_iou:.4f}, min {min_iou:.4f} over {compared} instances")
         if skipped:
             print(f"  instance counts differ (not compared) on: {', '.join(skipped)}")
+        print("  (label polygons rasterised at image size; the polygon policy's simplification acts on both)")
+
+
+def sam_mask_agreement(inputs: Inputs, weights: StandinWeights, settings: Settings) -> tuple[float, float, int]:
+    """``--half`` vs float32 on SAM's own masks, before any polygon: the same boxes (the float32 detector's) go to a
+    float32 and a half ``BoxSegmenter`` in this process; returns (mean IoU, min IoU, masks compared)."""
+    import cv2
+    import torch
+    from ultralytics import YOLO
+
+    from autoannotate.allocator import tune_host_allocator
+    from autoannotate.segment import BoxSegmenter, prepare_image
+
+    tune_host_allocator()
+    detector = YOLO(str(weights.yolov8s))
+    segmenters = [BoxSegmenter.from_weights(weights.mobile_sam, "cpu", half=half) for half in (False, True)]
+    ious: list[float] = []
+    for path in sorted(inputs.images_dir.iterdir()):
+        image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        found = detector.predict(
+            image_bgr,
+            conf=settings.conf,
+            iou=IOU_THRESHOLD,
+            imgsz=IMGSZ_PX,
+            max_det=settings.max_det,
+            device="cpu",
+            verbose=False,
+        )[0].boxes
+        boxes_xyxy = found.xyxy.cpu().numpy() if found is not None else np.zeros((0, 4), np.float32)
+        prepared = prepare_image(np.ascontiguousarray(image_bgr[..., ::-1]))
+        with torch.inference_mode():
+            full, half = (segmenter.segment([prepared], [boxes_xyxy])[0] for segmenter in segmenters)
+        ious += [mask_iou(full.mask(i), half.mask(i)) for i in range(len(boxes_xyxy))]
+    if not ious:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(ious)), float(np.min(ious)), len(ious)
 
 
 def run_variant(
@@ -483,6 +560,12 @@ def main() -> None:
         print_runs(results)
         print_table(results, variants)
         print_labels(inputs, results, variants, half_ran)
+        if half_ran:
+            mean_iou, min_iou, compared = sam_mask_agreement(inputs, weights, settings)
+            print(
+                f"  SAM masks before polygons (same boxes, this process): mean IoU {mean_iou:.4f}, min {min_iou:.4f}"
+                f" over {compared} masks"
+            )
         print(load_average_line("after"))
         warn_if_changed(source_before)
     finally:

@@ -48,8 +48,11 @@ class _AnnotateActor:
         journal_name: str,
         torch_threads: int,
     ) -> None:
+        from autoannotate.allocator import tune_host_allocator
         from autoannotate.device import ComputePlan, select_device
         from autoannotate.job import load_models, make_annotator
+
+        tune_host_allocator()  # the actor's process is its own entry point
 
         device = select_device(settings.device)
         models = load_models(settings, ComputePlan(device, 1, max(1, torch_threads)))
