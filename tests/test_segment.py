@@ -20,6 +20,7 @@ from autoannotate.segment import (
     PreparedImage,
     SegmentationResult,
     default_batch_size,
+    default_decoder_batch_size,
     detect_sam_variant,
     load_sam,
     prepare_image,
@@ -502,3 +503,33 @@ def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
     for index in range(3):
         np.testing.assert_array_equal(lazy.mask(index), eager.masks[index])
     np.testing.assert_array_equal(lazy.masks, eager.masks)
+
+
+def test_encoder_input_is_channels_last_and_decoder_chunks_follow_the_device(fast_segmenter: BoxSegmenter) -> None:
+    """The encoder gets a channels-last batch (the fast oneDNN layout on CPU) and the decoder is called in chunks of
+    ``default_decoder_batch_size`` boxes: 8 on CPU (32 boxes per call hold ~1 GB there, for no speed), 32 on CUDA."""
+    assert default_decoder_batch_size("cpu") == 8
+    assert default_decoder_batch_size(torch.device("cuda:0")) == 32
+    layouts: list[bool] = []
+    decoder_boxes: list[int] = []
+    model = fast_segmenter.model
+    hooks = [
+        model.image_encoder.register_forward_pre_hook(
+            lambda _m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        ),
+        model.mask_decoder.register_forward_pre_hook(
+            lambda _m, args, kwargs: decoder_boxes.append(int(kwargs["sparse_prompt_embeddings"].shape[0])),
+            with_kwargs=True,
+        ),
+    ]
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 100, (19, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 60, (19, 2))], axis=1)
+    try:
+        (result,) = fast_segmenter.segment([prepare_image(_smooth_image(160, 200))], [boxes])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert layouts == [True]
+    assert decoder_boxes == [8, 8, 3]
+    assert result.masks.shape == (19, 160, 200)

@@ -1,0 +1,86 @@
+"""The host allocator tuning: what it changes (page faults on reused large blocks), its opt-out, and its caller."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autoannotate import cli
+from autoannotate.allocator import ENV_VAR, tune_host_allocator
+
+
+def _is_glibc() -> bool:
+    try:
+        ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+# Allocates and frees a 64 MB array 20 times (touching every page), in a fresh interpreter, and prints the minor page
+# faults those 20 rounds took. Untuned glibc maps and unmaps the block every round, so every round faults all of its
+# 16,384 pages in again.
+_FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+from autoannotate.allocator import tune_host_allocator
+applied = tune_host_allocator() if sys.argv[1] == "tuned" else False
+np.ones(16 * 1024 * 1024, np.float32).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    np.ones(16 * 1024 * 1024, np.float32).sum()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(mode: str, env_value: str | None = None) -> tuple[bool, int]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    if env_value is not None:
+        env[ENV_VAR] = env_value
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(not _is_glibc(), reason="the tuning is glibc-only")
+def test_tuning_stops_refaulting_reused_large_blocks() -> None:
+    applied, tuned = _faults("tuned")
+    untouched, untuned = _faults("untuned")
+    assert applied and not untouched
+    assert untuned >= 20 * 16_000  # every round faulted the whole 64 MB back in
+    assert tuned < untuned / 50, (tuned, untuned)
+
+
+@pytest.mark.skipif(not _is_glibc(), reason="the tuning is glibc-only")
+def test_opt_out_leaves_the_allocator_alone() -> None:
+    assert tune_host_allocator({ENV_VAR: "system"}) is False
+    assert tune_host_allocator({ENV_VAR: " System "}) is False
+    applied, faults = _faults("tuned", env_value="system")
+    assert not applied
+    assert faults >= 20 * 16_000
+
+
+def test_run_command_tunes_the_allocator_once_settings_are_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI entry point is the one caller (it owns the process); invalid options fail before it is reached."""
+    calls: list[bool] = []
+    monkeypatch.setattr(cli, "tune_host_allocator", lambda: calls.append(True) or True)
+    runner = CliRunner()
+    bad = runner.invoke(cli.app, ["run", "--data", str(tmp_path), "--conf", "7"])
+    assert bad.exit_code == 2 and calls == []
+    (tmp_path / "imgs").mkdir()
+    result = runner.invoke(
+        cli.app,
+        ["run", "--data", str(tmp_path / "imgs"), "--det-model", str(tmp_path / "missing.pt"), "--json", "--quiet"],
+    )
+    assert calls == [True]
+    assert result.exit_code == 2  # the missing model then ends the run, after the tuning
