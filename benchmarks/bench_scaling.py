@@ -404,7 +404,8 @@ def run_timing(args: argparse.Namespace, work: Path) -> None:
     print(
         "\ncolumns: e2e = Annotator.run per image with the CLI's plan (decode, SAM, polygons, writing overlapped);"
         " segment = one BoxSegmenter.segment() call; encoder = TinyViT at 1024x1024 alone; decoder = prompt encoder +"
-        " mask decoder for all boxes, 32 at a time; post = postprocess_logits (upscale to full size, threshold);"
+        " mask decoder for all boxes, as many per call as segment() uses (8 on CPU); post = postprocess_logits"
+        " (upscale to full size, threshold);"
         " polygons = mask_to_polygons on the stand-in's masks; (ellipse) = the same on ellipses inscribed in the"
         " boxes; sum = decode + encoder + decoder + post + polygons + write, serial; per box = (decoder + post +"
         " polygons + write) / boxes; other = CPU used by other processes meanwhile, in cores (above ~0.2 the row is"
