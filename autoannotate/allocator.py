@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 
 __all__ = ["ENV_VAR", "tune_host_allocator"]
 
@@ -30,10 +31,11 @@ _M_ARENA_MAX = -8
 _TRIM_THRESHOLD_BYTES = 1 << 30
 
 
-def tune_host_allocator(environ: dict[str, str] | None = None) -> bool:
+def tune_host_allocator(environ: Mapping[str, str] | None = None) -> bool:
     """Make glibc keep freed memory for reuse instead of unmapping it; True if applied.
 
-    Does nothing (False) when ``AUTOANNOTATE_MALLOC=system`` or the C library is not glibc (musl, macOS, Windows).
+    Does nothing (False) when ``AUTOANNOTATE_MALLOC=system`` (in ``environ``, default ``os.environ``) or the C
+    library is not glibc (musl, macOS, Windows).
     """
     env = os.environ if environ is None else environ
     if env.get(ENV_VAR, "").strip().lower() == "system":

@@ -45,6 +45,7 @@ from common import (
     median,
     package_fingerprint,
     wait_for_quiet,
+    warn_if_changed,
     write_synthetic_images,
 )
 
@@ -593,8 +594,7 @@ def main() -> None:
         else:
             run_timing(args, work)
         print(load_average_line("after"))
-        if package_fingerprint() != source_before:
-            print("WARNING: autoannotate changed during the run; rerun for consistent numbers")
+        warn_if_changed(source_before)
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -39,6 +39,7 @@ from common import (
     read_label_polygons,
     run_measured,
     wait_for_quiet,
+    warn_if_changed,
     write_synthetic_images,
 )
 
@@ -399,8 +400,10 @@ def print_table(results: list[RunResult], variants: list[str]) -> None:
 def print_warm_table(results: list[RunResult], variants: list[str]) -> None:
     """Throughput once warm: images after the first label file / seconds from the first label file to the last."""
 
+    warm = {id(r): r.after_first_s() for r in results}  # (images, seconds): each label folder listed once
+
     def warm_s_per_image(run: RunResult) -> float:
-        images, seconds = run.after_first_s()
+        images, seconds = warm[id(run)]
         return seconds / images if images else float("nan")
 
     base = median([warm_s_per_image(r) for r in results if r.variant == ULTRALYTICS])
@@ -412,8 +415,8 @@ def print_warm_table(results: list[RunResult], variants: list[str]) -> None:
     for variant in variants:
         runs = [r for r in results if r.variant == variant]
         s_per_image = median([warm_s_per_image(r) for r in runs])
-        images, _ = runs[0].after_first_s()
-        seconds = median([r.after_first_s()[1] for r in runs])
+        images, _ = warm[id(runs[0])]
+        seconds = median([warm[id(r)][1] for r in runs])
         print(
             f"{variant:<22} {images:>6} {seconds:>8.1f} {s_per_image:>6.2f} {1 / s_per_image:>6.3f}"
             f" {base / s_per_image:>8.2f}"
@@ -454,33 +457,26 @@ def print_labels(inputs: Inputs, results: list[RunResult], variants: list[str], 
 def sam_mask_agreement(inputs: Inputs, weights: StandinWeights, settings: Settings) -> tuple[float, float, int]:
     """``--half`` vs float32 on SAM's own masks, before any polygon: the same boxes (the float32 detector's) go to a
     float32 and a half ``BoxSegmenter`` in this process; returns (mean IoU, min IoU, masks compared)."""
-    import cv2
     import torch
-    from ultralytics import YOLO
 
     from autoannotate.allocator import tune_host_allocator
+    from autoannotate.detect import Detector, DetectSettings
     from autoannotate.segment import BoxSegmenter, prepare_image
+    from autoannotate.sources import read_image_bgr
 
     tune_host_allocator()
-    detector = YOLO(str(weights.yolov8s))
-    segmenters = [BoxSegmenter.from_weights(weights.mobile_sam, "cpu", half=half) for half in (False, True)]
+    cpu = torch.device("cpu")
+    detector = Detector.from_weights(str(weights.yolov8s), cpu).with_settings(
+        DetectSettings(conf=settings.conf, iou=IOU_THRESHOLD, imgsz=IMGSZ_PX, max_det=settings.max_det)
+    )
+    segmenters = [BoxSegmenter.from_weights(weights.mobile_sam, cpu, half=half) for half in (False, True)]
     ious: list[float] = []
     for path in sorted(inputs.images_dir.iterdir()):
-        image_bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        found = detector.predict(
-            image_bgr,
-            conf=settings.conf,
-            iou=IOU_THRESHOLD,
-            imgsz=IMGSZ_PX,
-            max_det=settings.max_det,
-            device="cpu",
-            verbose=False,
-        )[0].boxes
-        boxes_xyxy = found.xyxy.cpu().numpy() if found is not None else np.zeros((0, 4), np.float32)
+        image_bgr = read_image_bgr(path)  # the pixels `autoannotate run` sees (EXIF orientation applied)
+        (found,) = detector.detect([image_bgr])
         prepared = prepare_image(np.ascontiguousarray(image_bgr[..., ::-1]))
-        with torch.inference_mode():
-            full, half = (segmenter.segment([prepared], [boxes_xyxy])[0] for segmenter in segmenters)
-        ious += [mask_iou(full.mask(i), half.mask(i)) for i in range(len(boxes_xyxy))]
+        full, half = (segmenter.segment([prepared], [found.xyxy])[0] for segmenter in segmenters)
+        ious += [mask_iou(full.mask(i), half.mask(i)) for i in range(len(found))]
     if not ious:
         return float("nan"), float("nan"), 0
     return float(np.mean(ious)), float(np.min(ious)), len(ious)
@@ -523,12 +519,6 @@ def run_quietest(
         print(f"  other processes used {result.other_cores:.2f} cores during that run", flush=True)
     assert best is not None
     return best
-
-
-def warn_if_changed(source_before: str) -> None:
-    source_after = package_fingerprint()
-    if source_after != source_before:
-        print(f"WARNING: autoannotate changed during the run ({source_after}); rerun for consistent numbers")
 
 
 def main() -> None:

@@ -266,6 +266,13 @@ def package_fingerprint() -> str:
     return f"commit {head or 'unknown'}, sources sha256 {digest.hexdigest()[:12]}"
 
 
+def warn_if_changed(source_before: str) -> None:
+    """Warn when the package's sources changed while a benchmark ran (its numbers then mix two versions)."""
+    source_after = package_fingerprint()
+    if source_after != source_before:
+        print(f"WARNING: autoannotate changed during the run ({source_after}); rerun for consistent numbers")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Running a measured subprocess
 # --------------------------------------------------------------------------------------------------------------------
