@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import yaml
+from helpers import json_events, stand_in_model_args, synthetic_scene_bgr
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
@@ -35,48 +35,17 @@ SUMMARY_KEYS = {
 }
 
 
-def _scene(hw: tuple[int, int], seed: int) -> np.ndarray:
-    """A smooth synthetic BGR scene: a gradient with a few filled shapes."""
-    rng = np.random.default_rng(seed)
-    h, w = hw
-    yy, xx = np.mgrid[0:h, 0:w]
-    image = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), np.full_like(xx, 90)], -1)
-    image = image.astype(np.uint8)
-    for _ in range(3):
-        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-        color = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.circle(image, (x, y), int(rng.integers(4, max(5, min(h, w) // 3))), color, -1)
-    return image
-
-
 def _write(path: Path, hw: tuple[int, int] = (48, 80), seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix, _scene(hw, seed))
+    ok, buf = cv2.imencode(path.suffix, synthetic_scene_bgr(hw, seed))
     assert ok
     path.write_bytes(buf.tobytes())
     return path
 
 
-def _models(yolo_weights: Path, mobile_sam_weights: Path) -> list[str]:
-    return [
-        "--det-model",
-        str(yolo_weights),
-        "--sam-model",
-        str(mobile_sam_weights),
-        "--conf",
-        "1e-4",
-        "--max-det",
-        "3",
-    ]
-
-
-def _events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
 @pytest.fixture
 def models(yolo_weights: Path, mobile_sam_weights: Path) -> list[str]:
-    return _models(yolo_weights, mobile_sam_weights)
+    return stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=3)
 
 
 def test_help_lists_options_and_exit_codes():
@@ -123,7 +92,7 @@ def test_full_run_nested_duplicates_and_bad_files(tmp_path: Path, models: list[s
     (data / "notes.txt").write_text("ignored: not an image type")
     result = runner.invoke(app, ["run", "--data", str(data), "--json", *models])
     assert result.exit_code == 1, result.output
-    events = _events(result.stdout)
+    events = json_events(result.stdout)
     images = [e for e in events if e["event"] == "image"]
     summary = events[-1]
     assert summary["event"] == "summary" and set(summary) >= SUMMARY_KEYS
@@ -195,7 +164,7 @@ def test_list_glob_stdin_and_single_file(tmp_path: Path, models: list[str], monk
         app, ["run", "--data", str(tmp_path / "pics" / "*" / "*.jpg"), "--output-dir", str(glob_out), "--json", *models]
     )
     assert result.exit_code == 0, result.output
-    assert [e["path"] for e in _events(result.stdout) if e["event"] == "image"] == [str(a)]
+    assert [e["path"] for e in json_events(result.stdout) if e["event"] == "image"] == [str(a)]
     monkeypatch.chdir(tmp_path / "pics")
     result = runner.invoke(
         app, ["run", "--data", "-", "--output-dir", str(tmp_path / "stdin_out"), "--json", *models], input="two/b.PNG\n"
@@ -280,7 +249,7 @@ def test_polygon_modes_and_min_area(tmp_path: Path, models: list[str]):
     )
     assert result.exit_code == 0
     assert (tmp_path / "big" / "labels" / "x.txt").read_text() == ""  # every mask under min-area: negative sample
-    assert _events(result.stdout)[0]["status"] == "empty"
+    assert json_events(result.stdout)[0]["status"] == "empty"
 
 
 def test_batch_does_not_change_labels(tmp_path: Path, models: list[str]):
@@ -308,11 +277,11 @@ def test_rerun_keeps_foreign_files_unless_overwrite(tmp_path: Path, models: list
     (tmp_path / "ds" / "data.yaml").write_text("path: mine\ntrain: images\nval: images\nnames: {0: thing}\n")
     result = runner.invoke(app, ["run", "--data", str(data), "--json", *models])
     assert result.exit_code == 1
-    events = {Path(e["path"]).name: e for e in _events(result.stdout) if e["event"] == "image"}
+    events = {Path(e["path"]).name: e for e in json_events(result.stdout) if e["event"] == "image"}
     assert events["x.jpg"]["status"] == "failed" and "--overwrite" in events["x.jpg"]["error"]
     assert (labels / "x.txt").read_text() == "0 0.1 0.1 0.2 0.1 0.2 0.2\n"
     assert (tmp_path / "ds" / "data.yaml").read_text().startswith("path: mine")
-    summary = _events(result.stdout)[-1]
+    summary = json_events(result.stdout)[-1]
     assert summary["data_yaml"] == str(tmp_path / "ds" / "autoannotate.data.yaml")
     assert "was not written by autoannotate" in result.stderr
     # a rerun may replace what it wrote itself

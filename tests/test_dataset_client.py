@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from helpers import stand_in_model_args
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
@@ -34,14 +35,7 @@ def test_ultralytics_accepts_the_dataset(tmp_path: Path, yolo_weights: Path, mob
             "run",
             "--data",
             str(data),
-            "--det-model",
-            str(yolo_weights),
-            "--sam-model",
-            str(mobile_sam_weights),
-            "--conf",
-            "1e-4",
-            "--max-det",
-            "4",
+            *stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=4),
             "--json",
         ],
     )

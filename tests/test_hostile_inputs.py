@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from helpers import json_events, stand_in_model_args, synthetic_scene_bgr
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -50,20 +51,6 @@ REPO = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------------------------------- image makers
 
 
-def _scene(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """A smooth BGR scene: gradients and a few filled circles (non-square, so a transposed frame shows)."""
-    rng = np.random.default_rng(seed)
-    h, w = hw
-    yy, xx = np.mgrid[0:h, 0:w]
-    image = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), np.full_like(xx, 90)], -1)
-    image = image.astype(np.uint8)
-    for _ in range(3):
-        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-        color = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.circle(image, (x, y), int(rng.integers(4, max(5, min(h, w) // 3))), color, -1)
-    return image
-
-
 def _encode(suffix: str, image: np.ndarray, params: list[int] | None = None) -> bytes:
     ok, buf = cv2.imencode(suffix, image, params or [])
     assert ok
@@ -77,11 +64,11 @@ def _save(path: Path, content: bytes) -> Path:
 
 
 def _jpeg(path: Path, hw: tuple[int, int] = (48, 80), seed: int = 0) -> Path:
-    return _save(path, _encode(".jpg", _scene(hw, seed)))
+    return _save(path, _encode(".jpg", synthetic_scene_bgr(hw, seed)))
 
 
 def _png(path: Path, hw: tuple[int, int] = (48, 80), seed: int = 0) -> Path:
-    return _save(path, _encode(".png", _scene(hw, seed)))
+    return _save(path, _encode(".png", synthetic_scene_bgr(hw, seed)))
 
 
 def _flat_png(path: Path, hw: tuple[int, int], rgb: tuple[int, int, int] = (40, 160, 90)) -> Path:
@@ -119,7 +106,7 @@ def _zero_bytes(path: Path) -> Path:
 
 
 def _truncated_jpeg(path: Path) -> Path:
-    whole = _encode(".jpg", _scene((120, 160), 3))
+    whole = _encode(".jpg", synthetic_scene_bgr((120, 160), 3))
     return _save(path, whole[: len(whole) // 2])
 
 
@@ -128,29 +115,31 @@ def _text_png(path: Path) -> Path:
 
 
 def _deep16_png(path: Path) -> Path:
-    image = _scene((40, 64), 4).astype(np.uint16) * 257 + np.arange(40 * 64 * 3, dtype=np.uint16).reshape(40, 64, 3)
+    image = synthetic_scene_bgr((40, 64), 4).astype(np.uint16) * 257 + np.arange(40 * 64 * 3, dtype=np.uint16).reshape(
+        40, 64, 3
+    )
     return _save(path, _encode(".png", image))
 
 
 def _deep16_tiff(path: Path) -> Path:
     """16-bit colour TIFF with alpha: ultralytics keeps the high byte (OpenCV's IMREAD_COLOR would round)."""
-    bgr = _scene((36, 60), 5).astype(np.uint16) * 257 + 128  # low byte 0x80: rounding and shifting differ
+    bgr = synthetic_scene_bgr((36, 60), 5).astype(np.uint16) * 257 + 128  # low byte 0x80: rounding and shifting differ
     alpha = np.full((36, 60, 1), 40000, np.uint16)
     return _save(path, _encode(".tiff", np.concatenate([bgr, alpha], axis=2)))
 
 
 def _gray_png(path: Path) -> Path:
-    return _save(path, _encode(".png", cv2.cvtColor(_scene((44, 70), 6), cv2.COLOR_BGR2GRAY)))
+    return _save(path, _encode(".png", cv2.cvtColor(synthetic_scene_bgr((44, 70), 6), cv2.COLOR_BGR2GRAY)))
 
 
 def _rgba_png(path: Path) -> Path:
     alpha = np.tile(np.linspace(0, 255, 66, dtype=np.uint8), (42, 1))[..., None]  # alpha is dropped, not blended
-    return _save(path, _encode(".png", np.concatenate([_scene((42, 66), 7), alpha], axis=2)))
+    return _save(path, _encode(".png", np.concatenate([synthetic_scene_bgr((42, 66), 7), alpha], axis=2)))
 
 
 def _cmyk_jpeg(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = cv2.cvtColor(_scene((46, 74), 8), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(synthetic_scene_bgr((46, 74), 8), cv2.COLOR_BGR2RGB)
     Image.fromarray(rgb).convert("CMYK").save(path, "JPEG", quality=95)
     return path
 
@@ -160,7 +149,9 @@ def _exif_rotated_jpeg(path: Path, orientation: int = 6) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     exif = Image.Exif()
     exif[0x0112] = orientation
-    Image.fromarray(cv2.cvtColor(_scene((48, 80), 9), cv2.COLOR_BGR2RGB)).save(path, "JPEG", exif=exif, quality=95)
+    Image.fromarray(cv2.cvtColor(synthetic_scene_bgr((48, 80), 9), cv2.COLOR_BGR2RGB)).save(
+        path, "JPEG", exif=exif, quality=95
+    )
     return path
 
 
@@ -170,7 +161,7 @@ def _one_pixel_png(path: Path) -> Path:
 
 def _trailing_bytes_jpeg(path: Path) -> Path:
     """A whole JPEG with bytes after its end-of-image marker (some cameras append data): not truncated."""
-    return _save(path, _encode(".jpg", _scene((50, 76), 10)) + b"\x00" * 64 + b"vendor trailer")
+    return _save(path, _encode(".jpg", synthetic_scene_bgr((50, 76), 10)) + b"\x00" * 64 + b"vendor trailer")
 
 
 def _ultralytics_imread(path: Path) -> np.ndarray | None:
@@ -289,7 +280,7 @@ def _jpeg_with_thumbnail_segment(image: np.ndarray) -> bytes:
     ],
 )
 def test_truncated_jpeg_is_failed_before_libjpeg_sees_it(tmp_path: Path, capfd, cut: float, progressive: bool):
-    image = _scene((240, 320), 11)
+    image = synthetic_scene_bgr((240, 320), 11)
     if progressive:
         whole = _encode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
     else:  # with a thumbnail-like segment whose own EOI marker must not pass for the image's
@@ -303,7 +294,7 @@ def test_truncated_jpeg_is_failed_before_libjpeg_sees_it(tmp_path: Path, capfd, 
 
 
 def test_jpeg_cut_inside_its_headers(tmp_path: Path):
-    whole = _jpeg_with_thumbnail_segment(_scene((40, 60), 12))
+    whole = _jpeg_with_thumbnail_segment(synthetic_scene_bgr((40, 60), 12))
     path = _save(tmp_path / "headers.jpg", whole[:40])  # inside the APP1 segment
     with pytest.raises(ImageError, match="truncated JPEG: the file ends inside its headers"):
         read_image_bgr(path)
@@ -314,7 +305,7 @@ def test_jpeg_cut_inside_its_headers(tmp_path: Path):
 
 
 def test_whole_jpeg_with_a_thumbnail_decodes(tmp_path: Path):
-    image = _scene((40, 60), 13)
+    image = synthetic_scene_bgr((40, 60), 13)
     path = _save(tmp_path / "thumb.jpg", _jpeg_with_thumbnail_segment(image) + b"\x00\x00")  # trailing bytes too
     decoded = read_image_bgr(path)
     assert decoded.shape == (40, 60, 3) and np.array_equal(decoded, _ultralytics_imread(path))
@@ -432,10 +423,8 @@ def test_not_a_regular_file_and_dangling_link_are_reported(tmp_path: Path):
 # ------------------------------------------------------------------------------------------------------ listing
 
 
-def test_walk_streams_folder_by_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    for folder in range(30):
-        for i in range(3):
-            _save(tmp_path / f"d{folder:02d}" / f"{i}.jpg", b"")
+def _record_scandir(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make ``os.scandir`` record each folder it lists; returns that (live) list."""
     listed: list[str] = []
     real_scandir = os.scandir
 
@@ -444,6 +433,14 @@ def test_walk_streams_folder_by_folder(tmp_path: Path, monkeypatch: pytest.Monke
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
+    return listed
+
+
+def test_walk_streams_folder_by_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for folder in range(30):
+        for i in range(3):
+            _save(tmp_path / f"d{folder:02d}" / f"{i}.jpg", b"")
+    listed = _record_scandir(monkeypatch)
     images = iter_images(resolve_data(str(tmp_path)))
     assert str(next(images).rel_path) == "d00/0.jpg"
     assert len(listed) == 2  # the root and the first folder, not the whole tree
@@ -460,14 +457,7 @@ def test_one_folder_of_100k_files_lists_once_and_fast(tmp_path: Path, monkeypatc
             os.close(os.open(f"{i:06d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=folder_fd))
     finally:
         os.close(folder_fd)
-    listed: list[str] = []
-    real_scandir = os.scandir
-
-    def scandir(path):
-        listed.append(str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    listed = _record_scandir(monkeypatch)
     started = time.perf_counter()
     images = iter_images(resolve_data(str(folder)))
     first = next(images)
@@ -487,20 +477,7 @@ def test_one_folder_of_100k_files_lists_once_and_fast(tmp_path: Path, monkeypatc
 
 @pytest.fixture
 def models(yolo_weights: Path, mobile_sam_weights: Path) -> list[str]:
-    return [
-        "--det-model",
-        str(yolo_weights),
-        "--sam-model",
-        str(mobile_sam_weights),
-        "--conf",
-        "1e-4",
-        "--max-det",
-        "2",
-    ]
-
-
-def _events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=2)
 
 
 def _tree_state(root: Path) -> dict[str, tuple[str, str]]:
@@ -562,7 +539,7 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
     result = runner.invoke(app, ["run", "--data", str(data), "--json", *models])
 
     assert result.exit_code == 1, result.output
-    events = _events(result.stdout)
+    events = json_events(result.stdout)
     summary = events[-1]
     images = events[:-1]
     assert summary["event"] == "summary" and all(e["event"] == "image" for e in images)
@@ -632,11 +609,11 @@ def test_list_naming_a_missing_file(tmp_path: Path, models: list[str]):
     listing = _save(tmp_path / "pics" / "list.txt", b"here.jpg\ngone.jpg\n")
     result = runner.invoke(app, ["run", "--data", str(listing), "--json", *models])
     assert result.exit_code == 1, result.output
-    events = {Path(e["path"]).name: e for e in _events(result.stdout) if e["event"] == "image"}
+    events = {Path(e["path"]).name: e for e in json_events(result.stdout) if e["event"] == "image"}
     assert events["gone.jpg"]["status"] == "failed" and events["gone.jpg"]["error"] == "file does not exist"
     assert events["here.jpg"]["status"] in ("ok", "empty")
     assert f"warning: {tmp_path / 'pics' / 'gone.jpg'}: file does not exist" in result.stderr.splitlines()
-    summary = _events(result.stdout)[-1]
+    summary = json_events(result.stdout)[-1]
     assert summary["images"] == 2 and summary["failed"] == 1 and summary["labeled"] == 1
 
 
@@ -668,7 +645,7 @@ def test_big_images_memory_bounded(tmp_path: Path, models: list[str], huge_png: 
     stats = json.loads(run.stderr.strip().splitlines()[-1])
     print(f"big images: peak RSS {stats['peak_rss_mb']} MB")
     assert stats["exit_code"] == 1, run.stderr
-    events = {Path(e["path"]).name: e for e in _events(run.stdout) if e["event"] == "image"}
+    events = {Path(e["path"]).name: e for e in json_events(run.stdout) if e["event"] == "image"}
     assert events["huge.png"]["status"] == "failed" and "over the 179 MP" in events["huge.png"]["error"]
     assert events["large.png"]["status"] in ("ok", "empty"), events["large.png"]
     # Decoding the 400 MP image alone would take 1.2 GB, twice that with the RGB copy for SAM.

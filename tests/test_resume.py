@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import stand_in_model_args
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
@@ -38,14 +39,7 @@ def _args(data: Path, out: Path, yolo: Path, sam: Path, *extra: str) -> list[str
         str(data),
         "--output-dir",
         str(out),
-        "--det-model",
-        str(yolo),
-        "--sam-model",
-        str(sam),
-        "--conf",
-        "1e-4",
-        "--max-det",
-        "2",
+        *stand_in_model_args(yolo, sam, max_det=2),
         "--json",
         *extra,
     ]
