@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from autoannotate.assets import asset_url
+from autoannotate.cpu_kernels import onednn_wanted, use_onednn
 from autoannotate.errors import ConfigError, ModelError, one_line
 
 _DETECTOR_TASKS = frozenset({"detect", "segment"})
@@ -80,8 +81,13 @@ class Detector:
         self.weights_path = weights_path  # the local file that was loaded (after any download)
 
     @classmethod
-    def from_weights(cls, weights: str, device: torch.device) -> Detector:
-        """Load ``weights`` (a path or ultralytics asset name). Raises ModelError with a one-line fix."""
+    def from_weights(cls, weights: str, device: torch.device, onednn: bool | None = None) -> Detector:
+        """Load ``weights`` (a path or ultralytics asset name). Raises ModelError with a one-line fix.
+
+        ``onednn``: on CPU, fuse the model's batch norms into its convolutions now (as ultralytics' predictor would on
+        its first call) and run its float32 convolutions through oneDNN (``autoannotate.cpu_kernels``); default
+        ``onednn_wanted()``. Ignored on other devices.
+        """
         from ultralytics import YOLO
 
         source = _resolve_detector_weights(weights)
@@ -104,6 +110,8 @@ class Detector:
                 f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection or segmentation model"
                 " with --det-model"
             )
+        if device.type == "cpu" and (onednn_wanted() if onednn is None else onednn):
+            _use_onednn(model)
         loaded = getattr(model, "ckpt_path", None) or source
         return cls(model, DetectSettings(), device, str(loaded))
 
@@ -196,6 +204,19 @@ class Detector:
                 )
             )
         return out
+
+
+def _use_onednn(yolo: object) -> None:
+    """Fuse batch norms into convolutions with ultralytics' own ``fuse`` (which its predictor runs on its first call
+    anyway, and skips when nothing is left to fuse) and route the fused float32 convolutions to oneDNN. The fusing
+    must come first: it replaces the convolutions with new plain ``nn.Conv2d`` modules. The predictor deep-copies the
+    model, which keeps the routed classes."""
+    network = getattr(yolo, "model", None)
+    fuse = getattr(network, "fuse", None)
+    if not isinstance(network, torch.nn.Module) or not callable(fuse):
+        return  # an exported model (ONNX, TensorRT, ...): no torch layers to route
+    fuse(verbose=False)
+    use_onednn(network)
 
 
 def _precision_kwargs(half: bool) -> dict[str, object]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from autoannotate.assets import asset_url
+from autoannotate.cpu_kernels import onednn_wanted, use_onednn
 from autoannotate.errors import ModelError, one_line
 
 __all__ = [
@@ -506,20 +507,29 @@ class BoxSegmenter:
         weights: str | Path,
         device: torch.device | str,
         half: bool = False,
+        onednn: bool | None = None,
     ) -> BoxSegmenter:
         """Resolve (``resolve_sam_weights``), load (``load_sam``) and move a checkpoint to ``device``.
+
+        Args:
+            onednn: On CPU, run the float32 linear layers and convolutions through oneDNN
+                (``autoannotate.cpu_kernels``); default ``onednn_wanted()``, i.e. yes unless
+                ``AUTOANNOTATE_CPU_KERNELS=default``. Ignored on other devices.
 
         Raises:
             ModelError: As ``resolve_sam_weights`` and ``load_sam``, or the device cannot take the model.
         """
         model, variant = load_sam(resolve_sam_weights(weights))
+        target = torch.device(device)
         try:
-            model = model.to(torch.device(device))
+            model = model.to(target)
         except (RuntimeError, AssertionError, ValueError) as err:
             raise ModelError(
                 f"cannot move the SAM model to device {str(device)!r} ({one_line(err, 100)}); choose an available "
                 f"device (e.g. cpu)"
             ) from err
+        if target.type == "cpu" and (onednn_wanted() if onednn is None else onednn):
+            use_onednn(model)
         return cls(model, half=half, variant=variant)
 
     def release_cached_memory(self) -> None:

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoannotate.segment import BoxSegmenter, SegmentationResult, load_sam, prepare_image
+from autoannotate.cpu_kernels import OneDnnConv2d, OneDnnLinear
+from autoannotate.segment import BoxSegmenter, SegmentationResult, prepare_image
 
 LOGIT_TOLERANCE = 1e-4
 # A mask pixel may differ only where the reference's full-resolution logit is this close to the 0 threshold.
@@ -73,11 +74,16 @@ def scenes() -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(name, _scene(h, w, seed), _boxes(h, w, seed)) for seed, (name, (h, w)) in enumerate(SCENES)]
 
 
-@pytest.fixture(scope="module")
-def ours(mobile_sam_weights: Path) -> BoxSegmenter:
-    model, variant = load_sam(mobile_sam_weights)
-    assert variant == "mobile_sam"
-    return BoxSegmenter(model, variant=variant)
+@pytest.fixture(scope="module", params=["onednn", "default"])
+def ours(request: pytest.FixtureRequest, mobile_sam_weights: Path) -> BoxSegmenter:
+    """As the CLI loads it: ``from_weights`` on CPU, with the float32 layers on oneDNN (the default) or on PyTorch's
+    own kernel choice (``AUTOANNOTATE_CPU_KERNELS=default``); both must match the reference."""
+    onednn = request.param == "onednn"
+    segmenter = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=onednn)
+    assert segmenter.variant == "mobile_sam"
+    routed = sum(isinstance(m, (OneDnnLinear, OneDnnConv2d)) for m in segmenter.model.modules())
+    assert (routed > 100) if onednn else (routed == 0)
+    return segmenter
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,203 @@
+"""The oneDNN route for float32 CPU layers: the same numbers as PyTorch's own kernels, the route really taken for
+float32 inference and never for autocast, autograd, other dtypes or unsupported padding, checkpoints untouched, and
+the detector and segmenter loaded with it (or without it when asked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from autoannotate.cpu_kernels import (
+    ENV_VAR,
+    OneDnnConv2d,
+    OneDnnLinear,
+    onednn_wanted,
+    use_default_kernels,
+    use_onednn,
+)
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Counts ``torch.mkldnn_convolution`` calls (the oneDNN route) by the weight shape they were made with."""
+    calls: list[tuple[int, ...]] = []
+    original = torch.mkldnn_convolution
+
+    def counting(x: torch.Tensor, weight: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(tuple(weight.shape))
+        return original(x, weight, *args)
+
+    monkeypatch.setattr(torch, "mkldnn_convolution", counting)
+    return calls
+
+
+def _routed(layer: nn.Module) -> nn.Module:
+    assert use_onednn(layer) == 1
+    return layer
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "contiguous"),
+    [
+        ((5, 48), True),  # 2-D rows
+        ((2, 7, 48), True),  # batch x tokens x features, as in attention projections
+        ((2, 48, 7), False),  # a transposed (non-contiguous) view, as the SAM decoder feeds its first projections
+        ((1, 3, 4, 48), True),  # 4-D
+    ],
+)
+def test_linear_matches_pytorch_and_takes_the_onednn_route(
+    input_shape: tuple[int, ...], contiguous: bool, onednn_calls: list[tuple[int, ...]]
+) -> None:
+    torch.manual_seed(0)
+    reference = nn.Linear(48, 24)
+    routed = _routed(nn.Linear(48, 24))
+    routed.load_state_dict(reference.state_dict())
+    x = torch.randn(input_shape)
+    if not contiguous:
+        x = x.transpose(-1, -2)
+    with torch.inference_mode():
+        expected, got = reference(x), routed(x)
+    assert got.shape == expected.shape == (*x.shape[:-1], 24)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert onednn_calls == [(24, 48, 1, 1)]
+
+
+@pytest.mark.parametrize(
+    "conv_kwargs",
+    [
+        {"kernel_size": 1},  # the single-thread 1x1 case PyTorch sends to im2col + BLAS
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": 3, "padding": 1, "groups": 8},  # depthwise-style, as in MBConv and TinyViT's local conv
+        {"kernel_size": (3, 1), "padding": (1, 0), "dilation": (2, 1), "bias": False},
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_matches_pytorch_and_takes_the_onednn_route(
+    conv_kwargs: dict, channels_last: bool, onednn_calls: list[tuple[int, ...]]
+) -> None:
+    torch.manual_seed(0)
+    reference = nn.Conv2d(8, 16, **conv_kwargs)
+    routed = _routed(nn.Conv2d(8, 16, **conv_kwargs))
+    routed.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 8, 11, 13)  # non-square, odd sizes
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected, got = reference(x), routed(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert onednn_calls == [tuple(reference.weight.shape)]
+
+
+def test_other_calls_take_the_layers_own_forward(onednn_calls: list[tuple[int, ...]]) -> None:
+    torch.manual_seed(0)
+    linear = _routed(nn.Linear(16, 8))
+    conv = _routed(nn.Conv2d(4, 4, 3, padding=1))
+    x, image = torch.randn(3, 16), torch.randn(1, 4, 6, 6)
+
+    # Autograd: gradients must flow as through a plain layer.
+    out = linear(x)
+    out.sum().backward()
+    assert linear.weight.grad is not None
+    # Autocast to bfloat16 (--half on CPU): the layer must compute in bfloat16 as autocast asks.
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x).dtype == torch.bfloat16
+        assert conv(image).dtype == torch.bfloat16
+    # Other dtypes, 1-D and empty inputs.
+    with torch.inference_mode():
+        assert linear.double()(x.double()).dtype == torch.float64
+        linear.float()
+        assert linear(torch.randn(16)).shape == (8,)
+        assert linear(torch.zeros(0, 16)).shape == (0, 8)
+    assert onednn_calls == []
+
+
+@pytest.mark.parametrize(
+    "conv_kwargs", [{"padding": "same"}, {"padding": 1, "padding_mode": "reflect"}, {"padding": 1, "bias": False}]
+)
+def test_padding_the_route_cannot_express_falls_back(conv_kwargs: dict, onednn_calls: list[tuple[int, ...]]) -> None:
+    torch.manual_seed(0)
+    reference = nn.Conv2d(3, 5, 3, **conv_kwargs)
+    routed = _routed(nn.Conv2d(3, 5, 3, **conv_kwargs))
+    routed.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 9, 7)
+    with torch.inference_mode():
+        torch.testing.assert_close(routed(x), reference(x), rtol=1e-5, atol=1e-5)
+    zero_padding = conv_kwargs.get("padding_mode", "zeros") == "zeros" and not isinstance(conv_kwargs["padding"], str)
+    assert len(onednn_calls) == (1 if zero_padding else 0)
+
+
+def test_swap_keeps_parameters_state_dict_and_subclasses() -> None:
+    class OwnForward(nn.Linear):
+        """A subclass with a forward of its own: must not be rerouted."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 5 * 5, 6), OwnForward(6, 2), nn.ReLU())
+    keys_before = list(model.state_dict())
+    weight = model[2].weight
+
+    assert use_onednn(model) == 2
+    assert [type(m) for m in model] == [OneDnnConv2d, nn.Flatten, OneDnnLinear, OwnForward, nn.ReLU]
+    assert list(model.state_dict()) == keys_before
+    assert model[2].weight is weight  # the very same Parameter: optimisers and .to() see no change
+    assert use_onednn(model) == 0  # already routed: nothing left to swap
+
+    assert use_default_kernels(model) == 2
+    assert [type(m) for m in model] == [nn.Conv2d, nn.Flatten, nn.Linear, OwnForward, nn.ReLU]
+
+
+def test_environment_opt_out() -> None:
+    assert onednn_wanted({}) is True
+    assert onednn_wanted({ENV_VAR: "default"}) is False
+    assert onednn_wanted({ENV_VAR: " Default "}) is False
+    assert onednn_wanted({ENV_VAR: "onednn"}) is True
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_segmenter_from_weights_routes_on_cpu_unless_told_not_to(mobile_sam_weights: Path, onednn: bool) -> None:
+    from autoannotate.segment import BoxSegmenter
+
+    segmenter = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=onednn)
+    kinds = [type(m) for m in segmenter.model.modules()]
+    routed = kinds.count(OneDnnLinear) + kinds.count(OneDnnConv2d)
+    assert (routed > 0 and nn.Linear not in kinds) if onednn else routed == 0
+
+
+def test_segmenter_follows_the_environment(mobile_sam_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoannotate.segment import BoxSegmenter
+
+    monkeypatch.setenv(ENV_VAR, "default")
+    segmenter = BoxSegmenter.from_weights(mobile_sam_weights, "cpu")
+    assert not any(isinstance(m, (OneDnnLinear, OneDnnConv2d)) for m in segmenter.model.modules())
+
+
+def test_detector_runs_its_fused_convolutions_on_onednn(
+    yolo_weights: Path, onednn_calls: list[tuple[int, ...]]
+) -> None:
+    """ultralytics' predictor deep-copies and fuses the model on its first call; the routed classes must survive
+    that, every convolution of the network must take the route, and the boxes must equal the default kernels'."""
+    from autoannotate.detect import Detector, DetectSettings
+
+    settings = DetectSettings(conf=1e-4, max_det=10)
+    image_bgr = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    default = Detector.from_weights(str(yolo_weights), torch.device("cpu"), onednn=False).with_settings(settings)
+    expected = default.detect([image_bgr])[0]
+    assert onednn_calls == []
+
+    routed = Detector.from_weights(str(yolo_weights), torch.device("cpu"), onednn=True).with_settings(settings)
+    got = routed.detect([image_bgr])[0]
+    network = routed._model.predictor.model.model  # type: ignore[attr-defined]  # YOLO -> AutoBackend -> nn.Module
+    kinds = [type(m) for m in network.modules()]
+    assert nn.Conv2d not in kinds  # fused by the predictor, yet still routed
+    assert kinds.count(OneDnnConv2d) > 50 and len(onednn_calls) == kinds.count(OneDnnConv2d)  # each once per image
+    assert len(got) == len(expected) == 10
+    np.testing.assert_allclose(got.xyxy, expected.xyxy, atol=1e-3)
+    np.testing.assert_array_equal(got.class_id, expected.class_id)
