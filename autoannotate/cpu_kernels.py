@@ -17,13 +17,15 @@ parameters, buffers, hooks and state-dict keys are those of the original module,
 are unaffected; ``use_default_kernels`` changes the classes back. These are subclasses of torch's layers, not of
 ultralytics code: the ultralytics models are used as built, only the kernel behind their torch layers changes.
 
-Only ``detect.py`` and ``segment.py`` import this module (the model modules own torch).
-``AUTOANNOTATE_CPU_KERNELS=default`` (read by ``onednn_wanted``) keeps PyTorch's own dispatch.
+Only ``detect.py`` and ``segment.py`` import this module (the model modules own torch). ``onednn_wanted`` decides:
+on x86-64 by default; ``AUTOANNOTATE_CPU_KERNELS=default`` keeps PyTorch's own dispatch, ``=onednn`` routes on
+other architectures too.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Mapping
 
 import torch
@@ -34,15 +36,23 @@ __all__ = ["ENV_VAR", "OneDnnConv2d", "OneDnnLinear", "onednn_wanted", "use_defa
 
 #: Environment variable that, set to ``default``, keeps PyTorch's own CPU kernel choice.
 ENV_VAR = "AUTOANNOTATE_CPU_KERNELS"
+# Architectures where oneDNN was measured faster (x86-64: AMD Zen 5 here; oneDNN is Intel's own library). On Arm,
+# PyTorch's oneDNN goes through the Arm Compute Library, not measured here, so it stays opt-in there.
+_MEASURED_MACHINES = frozenset({"x86_64", "amd64"})
 
 
-def onednn_wanted(environ: Mapping[str, str] | None = None) -> bool:
-    """False when ``AUTOANNOTATE_CPU_KERNELS=default`` (in ``environ``, default ``os.environ``) or this PyTorch
-    build has no oneDNN; True otherwise."""
+def onednn_wanted(environ: Mapping[str, str] | None = None, machine: str | None = None) -> bool:
+    """Whether to route: on x86-64 CPUs (where it was measured) when this PyTorch build has oneDNN.
+
+    ``AUTOANNOTATE_CPU_KERNELS`` (in ``environ``, default ``os.environ``) overrides: ``default`` never routes,
+    ``onednn`` routes on any architecture. ``machine`` defaults to ``platform.machine()``.
+    """
     env = os.environ if environ is None else environ
-    if env.get(ENV_VAR, "").strip().lower() == "default":
+    choice = env.get(ENV_VAR, "").strip().lower()
+    if choice == "default" or not torch.backends.mkldnn.is_available():
         return False
-    return bool(torch.backends.mkldnn.is_available())
+    arch = (platform.machine() if machine is None else machine).lower()
+    return choice == "onednn" or arch in _MEASURED_MACHINES
 
 
 def _float32_cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:

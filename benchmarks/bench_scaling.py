@@ -337,6 +337,13 @@ def print_box_linearity(points: list[PointTimes]) -> None:
             f" polygons x{ratio(t.polygons_s, base.polygons_s)},"
             f" write x{ratio(t.write_s, base.write_s)}), whole image end to end x{ratio(t.e2e_s, base.e2e_s)}"
         )
+        # Label text grows with the vertices written, which the stand-in's masks need not give in proportion to the
+        # boxes: per vertex, writing must stay flat.
+        vertices = t.vertices / max(base.vertices, 1)
+        print(
+            f"        vertices x{vertices:.2f}; write per vertex x{ratio(t.write_s / vertices, base.write_s)},"
+            f" polygons per vertex x{ratio(t.polygons_s / vertices, base.polygons_s)} (flat would be x1)"
+        )
 
 
 def print_size_scaling(points: list[PointTimes]) -> None:

@@ -109,7 +109,13 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="do not run the extra ultralytics variant patched to use every core (it uses cpu_count - 1)",
     )
-    parser.add_argument("--sam-standin", choices=SAM_STANDINS, default="random-kept", help="see common.py")
+    parser.add_argument(
+        "--sam-standin",
+        choices=SAM_STANDINS,
+        default="flat",
+        help="flat (default): whole-image masks, polygons as cheap as for real blob-shaped masks; random-kept: the "
+        "random model's speckle masks, thousands of parts each, the polygon stress case; see common.py",
+    )
     parser.add_argument("--weights-dir", type=Path, help="reuse/build the stand-in weights here (default: temp)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     parser.add_argument(

@@ -154,11 +154,20 @@ def test_swap_keeps_parameters_state_dict_and_subclasses() -> None:
     assert [type(m) for m in model] == [nn.Conv2d, nn.Flatten, nn.Linear, OwnForward, nn.ReLU]
 
 
-def test_environment_opt_out() -> None:
-    assert onednn_wanted({}) is True
-    assert onednn_wanted({ENV_VAR: "default"}) is False
-    assert onednn_wanted({ENV_VAR: " Default "}) is False
-    assert onednn_wanted({ENV_VAR: "onednn"}) is True
+@pytest.mark.parametrize(
+    ("environ", "machine", "expected"),
+    [
+        ({}, "x86_64", True),  # measured faster there: on by default
+        ({}, "AMD64", True),  # Windows spelling
+        ({}, "aarch64", False),  # not measured on Arm: PyTorch's own choice unless asked
+        ({ENV_VAR: "onednn"}, "aarch64", True),
+        ({ENV_VAR: "default"}, "x86_64", False),
+        ({ENV_VAR: " Default "}, "x86_64", False),
+        ({ENV_VAR: "something"}, "x86_64", True),  # unknown values change nothing
+    ],
+)
+def test_when_to_route(environ: dict[str, str], machine: str, expected: bool) -> None:
+    assert onednn_wanted(environ, machine) is expected
 
 
 @pytest.mark.parametrize("onednn", [True, False])
