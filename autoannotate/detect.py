@@ -215,7 +215,12 @@ def _use_onednn(yolo: object) -> None:
     fuse = getattr(network, "fuse", None)
     if not isinstance(network, torch.nn.Module) or not callable(fuse):
         return  # an exported model (ONNX, TensorRT, ...): no torch layers to route
-    fuse(verbose=False)
+    try:
+        fuse(verbose=False)
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        # An architecture whose fuse() fails here would fail the same way in ultralytics' predictor, which reports
+        # it on the first image; without a fused model there is nothing stable to route, so leave it as it is.
+        return
     use_onednn(network)
 
 

@@ -210,3 +210,27 @@ def test_detector_runs_its_fused_convolutions_on_onednn(
     assert len(got) == len(expected) == 10
     np.testing.assert_allclose(got.xyxy, expected.xyxy, atol=1e-3)
     np.testing.assert_array_equal(got.class_id, expected.class_id)
+
+
+def test_detector_routing_leaves_exported_and_unfusable_models_alone() -> None:
+    from types import SimpleNamespace
+
+    from autoannotate.detect import _use_onednn
+
+    _use_onednn(SimpleNamespace(model="yolo11n.onnx"))  # an exported model: its .model is not an nn.Module
+
+    class Unfusable(nn.Sequential):
+        def fuse(self, verbose: bool = True) -> nn.Module:
+            raise AttributeError("'Conv' object has no attribute 'bn'")
+
+    network = Unfusable(nn.Conv2d(3, 4, 1))
+    _use_onednn(SimpleNamespace(model=network))
+    assert type(network[0]) is nn.Conv2d  # not routed: the predictor's own fuse decides what runs
+
+    class Fusable(nn.Sequential):
+        def fuse(self, verbose: bool = True) -> nn.Module:
+            return self
+
+    fused = Fusable(nn.Conv2d(3, 4, 1), nn.Linear(4, 2))
+    _use_onednn(SimpleNamespace(model=fused))
+    assert [type(m) for m in fused] == [OneDnnConv2d, OneDnnLinear]
