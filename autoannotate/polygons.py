@@ -334,15 +334,16 @@ def _cut_tree(rings: list[np.ndarray], part_of: np.ndarray) -> list[tuple[int, i
         return i
 
     edges: list[tuple[int, int, int, int]] = []
-    for k in best:
-        i, j = int(a[k]), int(b[k])
-        ri, rj = int(ring_of[i]), int(ring_of[j])
+    # Plain Python ints in the loop: indexing numpy arrays element by element costs more than the loop itself.
+    ring_a, ring_b = ring_of[a[best]].tolist(), ring_of[b[best]].tolist()
+    index_a, index_b = (a[best] - starts[ring_of[a[best]]]).tolist(), (b[best] - starts[ring_of[b[best]]]).tolist()
+    is_across = across[best].tolist()
+    for ri, rj, ia, ib, crosses in zip(ring_a, ring_b, index_a, index_b, is_across, strict=True):
         gi, gj = find(ri), find(rj)
         if gi == gj:
             continue
         root[gi] = gj
-        ia, ib = i - int(starts[ri]), j - int(starts[rj])
-        if across[k]:
+        if crosses:
             ia, ib = _shorten_cut(rings[ri], ia, rings[rj], ib)
         edges.append((ri, ia, rj, ib))
         if len(edges) == len(rings) - 1:
@@ -396,9 +397,10 @@ def _simplify_ring(ring: np.ndarray, forced: list[int], tolerance: float) -> tup
         # Below 3 points the ring has become a segment or a point. That is within tolerance of a ring that
         # encloses no area (a one-pixel-wide line, whose ring runs there and back); a ring that does enclose
         # pixels (a small blob) is kept exact instead, so its pixels are not lost.
+        if len(simplified) >= 3:
+            return simplified, where
         after = np.roll(ring, -1, axis=0)
-        encloses_area = bool((ring[:, 0] * after[:, 1] - after[:, 0] * ring[:, 1]).sum() != 0)
-        if len(simplified) >= 3 or not encloses_area:
+        if (ring[:, 0] * after[:, 1] - after[:, 0] * ring[:, 1]).sum() == 0:  # encloses no area
             return simplified, where
     # A point is a corner when the step arriving at it differs from the step leaving it; this is what
     # CHAIN_APPROX_SIMPLE keeps, and the straight 8-connected runs it removes are redrawn exactly.
@@ -416,7 +418,7 @@ def _simplify_chain(chain: np.ndarray, tolerance: float) -> np.ndarray:
     """Douglas-Peucker of an open int64 ``(n, 2)`` chain, both end points kept."""
     if len(chain) < 3:
         return chain
-    if (chain[0] == chain[-1]).all():
+    if chain[0, 0] == chain[-1, 0] and chain[0, 1] == chain[-1, 1]:  # scalar compares: called per piece of ring
         # approxPolyDP measures distance to the chord, which is undefined when the ends coincide (a ring
         # with one cut): split at the farthest point first, as Douglas-Peucker does for closed curves.
         far = int(np.abs(chain - chain[0]).sum(axis=1).argmax())
