@@ -17,9 +17,9 @@ parameters, buffers, hooks and state-dict keys are those of the original module,
 are unaffected; ``use_default_kernels`` changes the classes back. These are subclasses of torch's layers, not of
 ultralytics code: the ultralytics models are used as built, only the kernel behind their torch layers changes.
 
-Only ``detect.py`` and ``segment.py`` import this module (the model modules own torch). ``onednn_wanted`` decides:
-on x86-64 by default; ``AUTOANNOTATE_CPU_KERNELS=default`` keeps PyTorch's own dispatch, ``=onednn`` routes on
-other architectures too.
+Only ``detect.py`` and ``segment.py`` import this module (the model modules own torch). ``onednn_for`` decides for
+both: on CPU only, on x86-64 by default; ``AUTOANNOTATE_CPU_KERNELS=default`` keeps PyTorch's own dispatch,
+``=onednn`` routes on other architectures too.
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ENV_VAR", "OneDnnConv2d", "OneDnnLinear", "onednn_wanted", "use_default_kernels", "use_onednn"]
+__all__ = [
+    "ENV_VAR",
+    "OneDnnConv2d",
+    "OneDnnLinear",
+    "onednn_for",
+    "onednn_wanted",
+    "use_default_kernels",
+    "use_onednn",
+]
 
 #: Environment variable that, set to ``default``, keeps PyTorch's own CPU kernel choice.
 ENV_VAR = "AUTOANNOTATE_CPU_KERNELS"
@@ -53,6 +61,14 @@ def onednn_wanted(environ: Mapping[str, str] | None = None, machine: str | None 
         return False
     arch = (platform.machine() if machine is None else machine).lower()
     return choice == "onednn" or arch in _MEASURED_MACHINES
+
+
+def onednn_for(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether a model loaded onto ``device`` should be routed: only on CPU, then ``requested`` if given, else
+    ``onednn_wanted()``. The one rule ``Detector.from_weights`` and ``BoxSegmenter.from_weights`` both apply."""
+    if device.type != "cpu":
+        return False
+    return onednn_wanted() if requested is None else requested
 
 
 def _float32_cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:

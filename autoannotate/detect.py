@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from autoannotate.assets import asset_url
-from autoannotate.cpu_kernels import onednn_wanted, use_onednn
+from autoannotate.cpu_kernels import onednn_for, use_onednn
 from autoannotate.errors import ConfigError, ModelError, one_line
 
 _DETECTOR_TASKS = frozenset({"detect", "segment"})
@@ -85,8 +85,8 @@ class Detector:
         """Load ``weights`` (a path or ultralytics asset name). Raises ModelError with a one-line fix.
 
         ``onednn``: on CPU, fuse the model's batch norms into its convolutions now (as ultralytics' predictor would on
-        its first call) and run its float32 convolutions through oneDNN (``autoannotate.cpu_kernels``); default
-        ``onednn_wanted()``. Ignored on other devices.
+        its first call) and run its float32 convolutions through oneDNN; default: ``cpu_kernels.onednn_for`` decides
+        (x86-64 unless ``AUTOANNOTATE_CPU_KERNELS=default``). Ignored on other devices.
         """
         from ultralytics import YOLO
 
@@ -110,7 +110,7 @@ class Detector:
                 f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection or segmentation model"
                 " with --det-model"
             )
-        if device.type == "cpu" and (onednn_wanted() if onednn is None else onednn):
+        if onednn_for(device, onednn):
             _use_onednn(model)
         loaded = getattr(model, "ckpt_path", None) or source
         return cls(model, DetectSettings(), device, str(loaded))

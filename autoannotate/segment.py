@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from autoannotate.assets import asset_url
-from autoannotate.cpu_kernels import onednn_wanted, use_onednn
+from autoannotate.cpu_kernels import onednn_for, use_onednn
 from autoannotate.errors import ModelError, one_line
 
 __all__ = [
@@ -512,9 +512,9 @@ class BoxSegmenter:
         """Resolve (``resolve_sam_weights``), load (``load_sam``) and move a checkpoint to ``device``.
 
         Args:
-            onednn: On CPU, run the float32 linear layers and convolutions through oneDNN
-                (``autoannotate.cpu_kernels``); default ``onednn_wanted()``, i.e. yes unless
-                ``AUTOANNOTATE_CPU_KERNELS=default``. Ignored on other devices.
+            onednn: On CPU, run the float32 linear layers and convolutions through oneDNN; default:
+                ``cpu_kernels.onednn_for`` decides (x86-64 unless ``AUTOANNOTATE_CPU_KERNELS=default``). Ignored on
+                other devices.
 
         Raises:
             ModelError: As ``resolve_sam_weights`` and ``load_sam``, or the device cannot take the model.
@@ -528,7 +528,7 @@ class BoxSegmenter:
                 f"cannot move the SAM model to device {str(device)!r} ({one_line(err, 100)}); choose an available "
                 f"device (e.g. cpu)"
             ) from err
-        if target.type == "cpu" and (onednn_wanted() if onednn is None else onednn):
+        if onednn_for(target, onednn):
             use_onednn(model)
         return cls(model, half=half, variant=variant)
 

@@ -1,6 +1,7 @@
 """autoannotate vs ultralytics ``auto_annotate``: same images, models, settings and CPU, measured side by side.
 
-    python benchmarks/bench_vs_ultralytics.py [--images 15] [--max-det 8] [--repeats 2] [--keep] [--skip-half]
+    python benchmarks/bench_vs_ultralytics.py [--sam-standin flat] [--images 15] [--max-det 8] [--repeats 2]
+                                              [--keep] [--skip-half]
 
 Both tools run as separate processes, alternating (U A U A ...), on one flat folder: the three sample images plus
 ``--images`` generated scenes. Both use the same random-weight YOLOv8s and MobileSAM stand-ins (see ``--sam-standin``

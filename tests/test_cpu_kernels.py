@@ -15,6 +15,7 @@ from autoannotate.cpu_kernels import (
     ENV_VAR,
     OneDnnConv2d,
     OneDnnLinear,
+    onednn_for,
     onednn_wanted,
     use_default_kernels,
     use_onednn,
@@ -168,6 +169,17 @@ def test_swap_keeps_parameters_state_dict_and_subclasses() -> None:
 )
 def test_when_to_route(environ: dict[str, str], machine: str, expected: bool) -> None:
     assert onednn_wanted(environ, machine) is expected
+
+
+def test_only_cpu_models_are_routed_and_an_explicit_choice_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "default")
+    assert onednn_for(torch.device("cpu")) is False  # the environment decides when nothing is asked
+    assert onednn_for(torch.device("cpu"), True) is True
+    monkeypatch.setenv(ENV_VAR, "onednn")
+    assert onednn_for(torch.device("cpu")) is True
+    assert onednn_for(torch.device("cpu"), False) is False
+    assert onednn_for(torch.device("cuda"), True) is False  # never on an accelerator
+    assert onednn_for(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("onednn", [True, False])
