@@ -24,14 +24,14 @@ from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.layout import DatasetLayout, link_image
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy, stability_score
-from autoannotate.resume import Journal, LabelEntry, PreviousRun, image_signature
+from autoannotate.resume import Journal, LabelEntry, PreviousRun, bytes_sha256, bytes_sha256_of, image_signature
 from autoannotate.segment import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
 from autoannotate.sources import ImageSource, read_image_bgr
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.sidecar import instance_rows
 from autoannotate.writers.yolo import format_label_file, format_polygon_line
 
-OK, EMPTY, FAILED, SKIPPED = "ok", "empty", "failed", "skipped"
+OK, EMPTY, FAILED, SKIPPED, EDITED = "ok", "empty", "failed", "skipped", "edited"
 # A full disk, a read-only file system, an exhausted quota: the run stops (exit 2) instead of failing every image.
 _FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
 
@@ -41,7 +41,9 @@ class ImageOutcome:
     """What happened to one image. ``label_path`` is set whenever a label file was written."""
 
     source: ImageSource
-    status: str  # "ok" (>= 1 instance written) | "empty" (empty label file written) | "failed" | "skipped" (done)
+    # "ok" (>= 1 instance written) | "empty" (empty label file written) | "failed" | "skipped" (done before, same
+    # settings) | "edited" (a label autoannotate wrote and a person changed since: kept as it is)
+    status: str
     label_path: Path | None = None
     instances: int = 0
     detections: int = 0
@@ -50,6 +52,7 @@ class ImageOutcome:
     error: str | None = None
     resolution_wh: tuple[int, int] | None = None
     quality: tuple[InstanceQuality, ...] = ()  # one per detection, in detection order
+    label_sha256: str | None = None  # of the label file's bytes, when this run wrote it
 
 
 @dataclass
@@ -61,6 +64,7 @@ class _Item:
     key: str = ""  # the label's manifest key
     signature: tuple[int, int] | None = None  # the image file's (size, mtime_ns) when admitted
     skipped: LabelEntry | None = None  # done by an earlier run with the same settings: nothing to do
+    edited: bool = False  # a label of ours that a person has changed since: kept, never redone
     job: Future[tuple[np.ndarray, PreparedImage]] | None = None
     error: str | None = None
     image_bgr: np.ndarray | None = None
@@ -160,7 +164,7 @@ class Annotator:
     def _admit(self, source: ImageSource, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""
         item = self._check(source, claim(self.layout, source, claimed))
-        if item.error is None and item.skipped is None:
+        if item.error is None and item.skipped is None and not item.edited:
             item.job = pool.submit(_decode, source.path)
         return item
 
@@ -170,19 +174,24 @@ class Annotator:
         item = _Item(source, label_path, error=duplicate_error)
         if duplicate_error is not None:
             return item
+        if "\n" in source.rel_path.as_posix() or "\r" in source.rel_path.as_posix():
+            item.error = "its path has a line break, which the dataset's image lists cannot hold; rename it"
+            return item
         item.key = key = self.layout.label_key(source.rel_path)
         item.signature = image_signature(source.path)
         if not self.overwrite and (label_path.exists() or label_path.is_symlink()):
             done = self.previous.entries.get(key)
-            if (
+            if key not in self.previous.owned:
+                item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
+            elif done is not None and done.sha256 is not None and bytes_sha256_of(label_path) != done.sha256:
+                item.edited = True
+            elif (
                 done is not None
                 and done.fingerprint == self.fingerprint
                 and (done.image_size, done.image_mtime_ns) == item.signature
                 and label_path.is_file()
             ):
                 item.skipped = done
-            elif key not in self.previous.owned:
-                item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
         return item
 
     def process_batch(
@@ -194,7 +203,7 @@ class Annotator:
         """
         items = [self._check(source, error) for source, error in zip(sources, duplicate_errors, strict=True)]
         for item in items:
-            if item.error is None and item.skipped is None:
+            if item.error is None and item.skipped is None and not item.edited:
                 job: Future[tuple[np.ndarray, PreparedImage]] = Future()
                 try:
                     job.set_result(_decode(item.source.path))
@@ -283,6 +292,10 @@ class Annotator:
     def _finish(self, item: _Item) -> ImageOutcome:
         if item.skipped is not None:
             return ImageOutcome(item.source, SKIPPED, label_path=item.label_path, instances=item.skipped.instances)
+        if item.edited:
+            return ImageOutcome(
+                item.source, EDITED, label_path=item.label_path, instances=_count_lines(item.label_path)
+            )
         if item.error is not None:
             return ImageOutcome(item.source, FAILED, error=item.error)
         det = item.detections if item.detections is not None else Detections.empty()
@@ -321,13 +334,17 @@ class Annotator:
             )
             lines.extend(format_polygon_line(class_id, polygon, (width, height)) for polygon in polygons)
         status = OK if lines else EMPTY
+        text = format_label_file(lines)
+        label_sha256 = bytes_sha256(text.encode("utf-8"))
         try:
             link_image(self.layout, item.source.rel_path, item.source.path)
             if self.journal is not None:
                 self.journal.pending(item.key)
-            write_text_atomic(item.label_path, format_label_file(lines))
+            write_text_atomic(item.label_path, text)
             if self.journal is not None and item.signature is not None:
-                entry = LabelEntry(str(item.source.path), status, len(lines), self.fingerprint, *item.signature)
+                entry = LabelEntry(
+                    str(item.source.path), status, len(lines), self.fingerprint, *item.signature, label_sha256
+                )
                 rows = instance_rows(str(item.source.path), item.key, quality, self.class_names)
                 self.journal.done(item.key, entry, rows)
         except OutputError as err:
@@ -344,7 +361,16 @@ class Annotator:
             dropped=dropped,
             resolution_wh=(width, height),
             quality=tuple(quality),
+            label_sha256=label_sha256,
         )
+
+
+def _count_lines(path: Path) -> int:
+    """Non-blank lines of a (person-edited) label file; 0 when it cannot be read."""
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    except OSError:
+        return 0
 
 
 def claim(layout: DatasetLayout, source: ImageSource, claimed: set[Path]) -> str | None:

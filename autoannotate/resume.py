@@ -20,7 +20,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class LabelEntry:
     fingerprint: str
     image_size: int
     image_mtime_ns: int
+    sha256: str | None = None  # of the label file's bytes as written; None in manifests of older versions
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +54,7 @@ class LabelEntry:
                 fingerprint=str(data["fingerprint"]),
                 image_size=int(data["image_size"]),
                 image_mtime_ns=int(data["image_mtime_ns"]),
+                sha256=str(data["sha256"]) if isinstance(data.get("sha256"), str) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -83,6 +85,29 @@ class PreviousRun:
     rows: dict[str, list[dict[str, Any]]]  # instances.jsonl rows of each done label, for skipped images
     fingerprint: str | None  # of the last run that recorded one
     settings: dict[str, Any] | None  # the label settings behind ``fingerprint``
+    # whole-dataset files (train.txt, COCO, previews/...) by path relative to the output dir: the sha256 of each
+    # version an earlier run wrote. A file is ours while its bytes hash to one of them.
+    files: dict[str, frozenset[str]] = field(default_factory=dict)
+    legacy: bool = False  # a manifest of a version that recorded no file hashes: its whole-dataset files are ours
+
+    def owns_file(self, rel: str, path: Path) -> bool:
+        """Whether the file at ``path`` (``rel`` to the output dir) is one an earlier run wrote, unchanged since."""
+        if self.legacy and rel not in self.files:
+            return True
+        hashes = self.files.get(rel)
+        return hashes is not None and bytes_sha256_of(path) in hashes
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def bytes_sha256_of(path: Path) -> str | None:
+    """sha256 of a (small) file's bytes, or None when it cannot be read."""
+    try:
+        return bytes_sha256(path.read_bytes())
+    except OSError:
+        return None
 
 
 def settings_fingerprint(label_settings: Mapping[str, Any]) -> str:
@@ -110,6 +135,8 @@ def load_previous(output_dir: Path) -> PreviousRun:
     rows: dict[str, list[dict[str, Any]]] = {}
     fingerprint: str | None = None
     settings: dict[str, Any] | None = None
+    files: dict[str, set[str]] = {}
+    legacy = False
     for sidecar in sorted(output_dir.glob("instances*.jsonl")):
         rows.update(read_sidecar_rows(sidecar))
     for path in sorted(output_dir.glob("autoannotate*.json")):
@@ -123,6 +150,15 @@ def load_previous(output_dir: Path) -> PreviousRun:
             fingerprint = manifest["fingerprint"]
             label_settings = manifest.get("label_settings")
             settings = label_settings if isinstance(label_settings, dict) else None
+        if manifest.get("tool") != "autoannotate":
+            continue
+        recorded = manifest.get("files")
+        if isinstance(recorded, dict):
+            for rel, digest in recorded.items():
+                if isinstance(digest, str):
+                    files.setdefault(str(rel), set()).add(digest)
+        elif manifest.get("state") != "merged":
+            legacy = True
         labels = manifest.get("labels")
         if isinstance(labels, dict):
             for key, value in labels.items():
@@ -130,9 +166,11 @@ def load_previous(output_dir: Path) -> PreviousRun:
                 entry = LabelEntry.from_dict(value) if isinstance(value, dict) else None
                 if entry is not None:
                     entries[str(key)] = entry
-    for path in sorted(output_dir.glob("autoannotate*.journal.jsonl")):
+    for path in sorted(output_dir.glob("autoannotate*.journal*.jsonl")):  # ours and the Ray workers'
         _read_journal(path, entries, owned, rows)
-    return PreviousRun(entries, frozenset(owned), rows, fingerprint, settings)
+    return PreviousRun(
+        entries, frozenset(owned), rows, fingerprint, settings, {k: frozenset(v) for k, v in files.items()}, legacy
+    )
 
 
 def _read_journal(

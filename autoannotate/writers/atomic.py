@@ -7,10 +7,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from autoannotate.errors import OutputError
+
+# Temporary names are short and of one fixed shape whatever the target's name (a 255-byte label name still gets
+# one), and recognisable, so that the temporary files a killed run left can be found and removed.
+TEMP_PREFIX, TEMP_SUFFIX = ".autoannotate-", ".tmp"
+TEMP_PATTERN = re.compile(r"\.autoannotate-[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(root: Path) -> int:
+    """Delete the temporary files of ours (``TEMP_PATTERN``) below ``root``, not following symlinks; returns how
+    many. Only safe while no other run writes there (the caller holds the output dir's exclusive lock)."""
+    removed = 0
+    for directory, _subdirs, names in os.walk(root, followlinks=False):
+        for name in names:
+            if TEMP_PATTERN.fullmatch(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+                    removed += 1
+    return removed
 
 
 def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
@@ -26,7 +45,7 @@ def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             if fsync:
