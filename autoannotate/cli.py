@@ -1,17 +1,23 @@
 """The ``autoannotate`` command line: options to settings, progress and summary, errors to exit codes.
 
 Exit codes: 0 every image done; 1 some images failed (each reported, the rest done); 2 bad usage, config, input,
-output or model; 3 internal error (a bug: rerun with --debug and report it); 130 interrupted.
+output or model; 3 internal error (a bug: rerun with --debug and report it); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import threading
+from collections.abc import Generator
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -21,11 +27,22 @@ from rich.table import Table
 from autoannotate import __version__
 from autoannotate.allocator import tune_host_allocator
 from autoannotate.cli_errors import EXIT_FAILED_IMAGES, EXIT_OK, run_guarded
-from autoannotate.config import build_settings, read_config_file
+from autoannotate.config import (
+    MAX_BATCH,
+    MAX_IMGSZ,
+    MAX_SHARDS,
+    MIN_IMGSZ,
+    RunSettings,
+    build_settings,
+    read_config_file,
+)
+from autoannotate.errors import ConfigError, Terminated, excerpt
+from autoannotate.sources import require_images
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every image done; 1 some images failed (each reported, the rest done);"
-    " 2 bad usage, config, input, output or model; 3 internal error; 130 interrupted."
+    " 2 bad usage, config, input, output or model; 3 internal error; 130 interrupted (Ctrl-C);"
+    " 143 terminated (SIGTERM)."
 )
 
 app = typer.Typer(
@@ -35,76 +52,119 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # Plain help, no Rich markup: help texts hold brackets that markup would eat ("[default: 0.25]",
+    # "autoannotate[ray]"), and plain help shows no "<bool>" type for flags.
+    rich_markup_mode=None,
+    # max_content_width: plain help wraps at 80 columns otherwise, however wide the terminal
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
+
+_SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSettings)}
+
+
+def _with_default(text: str, field: str) -> str:
+    """``text`` and ``[default: ...]`` of a ``run`` option, taken from ``RunSettings`` itself: the options default to
+    None (only what the user typed overrides a config file), so the framework cannot know the real default."""
+    value = _SETTING_DEFAULTS[field]
+    flag = field.replace("_", "-")
+    if isinstance(value, bool):
+        shown = flag if value else f"no-{flag}"
+    elif isinstance(value, str):
+        shown = value or "''"
+    else:
+        shown = str(value)
+    return f"{text}  [default: {shown}]"
+
 
 # Shared option aliases. Defaults are None so that only what the user typed overrides the config file.
 DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Images: a directory (recursive), one image, a .txt list of paths, a quoted glob, or '-' for stdin.",
+        help="Images: a directory (recursive), one image, a .txt list of paths, a quoted glob, or '-' for paths on"
+        " stdin (one per line, or NUL-separated as find -print0 writes them: detected by the NUL byte).",
         show_default=False,
     ),
 ]
 DetModelOpt = Annotated[
-    str | None, typer.Option("--det-model", help="YOLO detector: path or ultralytics asset name. [default: yolo11x.pt]")
+    str | None,
+    typer.Option("--det-model", help=_with_default("YOLO detector: path or ultralytics asset name.", "det_model")),
 ]
 SamModelOpt = Annotated[
     str | None,
     typer.Option(
         "--sam-model",
-        help="MobileSAM (or SAM b/l) checkpoint: path or ultralytics asset name. [default: mobile_sam.pt]",
+        help=_with_default("MobileSAM (or SAM b/l) checkpoint: path or ultralytics asset name.", "sam_model"),
     ),
 ]
-ConfOpt = Annotated[float | None, typer.Option("--conf", help="Detector confidence threshold. [default: 0.25]")]
-IouOpt = Annotated[float | None, typer.Option("--iou", help="Detector NMS IoU threshold. [default: 0.45]")]
-ImgszOpt = Annotated[int | None, typer.Option("--imgsz", help="Detector input size, pixels. [default: 640]")]
-MaxDetOpt = Annotated[int | None, typer.Option("--max-det", help="Most detections per image. [default: 300]")]
+ConfOpt = Annotated[float | None, typer.Option("--conf", help=_with_default("Detector confidence threshold.", "conf"))]
+IouOpt = Annotated[float | None, typer.Option("--iou", help=_with_default("Detector NMS IoU threshold.", "iou"))]
+ImgszOpt = Annotated[
+    int | None,
+    typer.Option("--imgsz", help=_with_default(f"Detector input size, pixels ({MIN_IMGSZ} to {MAX_IMGSZ}).", "imgsz")),
+]
+MaxDetOpt = Annotated[
+    int | None, typer.Option("--max-det", help=_with_default("Most detections per image.", "max_det"))
+]
 ClassesOpt = Annotated[
-    str | None, typer.Option("--classes", help="Keep only these classes: ids or names, comma-separated.")
+    str | None,
+    typer.Option("--classes", help="Keep only these classes: ids or names, comma-separated.  [default: all]"),
 ]
 DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="'' auto (first GPU, else CPU), 'cpu', 'cuda:0' or '0'. [default: '']")
+    str | None,
+    typer.Option("--device", help=_with_default("'' auto (first GPU, else CPU), 'cpu', 'cuda:0' or '0'.", "device")),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option("--batch", help="Images per step; 0 = the fastest default for the device. [default: 0]")
+    int | None,
+    typer.Option(
+        "--batch",
+        help=_with_default(f"Images per step, at most {MAX_BATCH}; 0 = the fastest default for the device.", "batch"),
+    ),
 ]
 OutputDirOpt = Annotated[
     str | None,
     typer.Option(
         "--output-dir",
-        help="Dataset root to write. [default: the parent of an 'images' dir holding --data, "
+        help="Dataset root to write.  [default: the parent of an 'images' dir holding --data, "
         "else <data>_auto_annotate beside it]",
         show_default=False,
     ),
 ]
 ToleranceOpt = Annotated[
     float | None,
-    typer.Option("--tolerance", help="Polygon simplification in pixels; 0 = exact contour. [default: 1.0]"),
+    typer.Option(
+        "--tolerance", help=_with_default("Polygon simplification in pixels; 0 = exact contour.", "tolerance")
+    ),
 ]
 MinAreaOpt = Annotated[
-    float | None, typer.Option("--min-area", help="Drop mask parts smaller than this many pixels. [default: 0]")
+    float | None,
+    typer.Option("--min-area", help=_with_default("Drop mask parts smaller than this many pixels.", "min_area")),
 ]
 PolygonOpt = Annotated[
     str | None,
     typer.Option(
         "--polygon",
-        help="merge: one polygon per mask, parts and holes joined by zero-width cuts; largest: the largest part; "
-        "split: one line per part. [default: merge]",
+        help=_with_default(
+            "merge: one polygon per mask, parts and holes joined by zero-width cuts; largest: the largest part; "
+            "split: one line per part.",
+            "polygon",
+        ),
     ),
 ]
 HalfOpt = Annotated[
     bool | None,
     typer.Option(
         "--half/--no-half",
-        help="Reduced precision: bf16 autocast on CPU, fp16 on CUDA. [default: no-half]",
+        help=_with_default("Reduced precision: bf16 autocast on CPU, fp16 on CUDA.", "half"),
         show_default=False,
     ),
 ]
 MinMaskScoreOpt = Annotated[
     float | None,
-    typer.Option("--min-mask-score", help="Drop instances whose SAM predicted IoU is below this. [default: 0]"),
+    typer.Option(
+        "--min-mask-score",
+        help=_with_default("Drop instances whose SAM predicted IoU is below this.", "min_mask_score"),
+    ),
 ]
 BoxesFromOpt = Annotated[
     str | None,
@@ -117,28 +177,37 @@ BoxesFromOpt = Annotated[
 ]
 NamesOpt = Annotated[
     str | None,
-    typer.Option("--names", help="data.yaml with class names (for --boxes-from).", show_default=False),
+    typer.Option("--names", help="data.yaml with class names (only with --boxes-from).", show_default=False),
 ]
 CocoOpt = Annotated[
     bool | None,
-    typer.Option("--coco/--no-coco", help="Also write annotations.coco.json (COCO instances).", show_default=False),
+    typer.Option(
+        "--coco/--no-coco",
+        help=_with_default("Also write annotations.coco.json (COCO instances).", "coco"),
+        show_default=False,
+    ),
 ]
 PreviewOpt = Annotated[
     int | None,
-    typer.Option("--preview", help="Write overlays for N sampled images and a contact sheet. [default: 0]"),
+    typer.Option(
+        "--preview", help=_with_default("Write overlays for N sampled images and a contact sheet.", "preview")
+    ),
 ]
 ValFractionOpt = Annotated[
     float | None,
     typer.Option(
         "--val-fraction",
-        help="Share of images (chosen by path, deterministic) listed in val.txt, the rest in train.txt. [default: 0]",
+        help=_with_default(
+            "Share of images (chosen by path, deterministic) listed in val.txt, the rest in train.txt.", "val_fraction"
+        ),
     ),
 ]
 ShardOpt = Annotated[
     str | None,
     typer.Option(
         "--shard",
-        help="I/N: annotate only shard I (0-based) of N, chosen by path; N runs into one output dir = one full run.",
+        help=f"I/N: annotate only shard I (0-based) of N <= {MAX_SHARDS}, chosen by path; N runs into one output dir"
+        " = one full run.",
         show_default=False,
     ),
 ]
@@ -146,20 +215,25 @@ EngineOpt = Annotated[
     str | None,
     typer.Option(
         "--engine",
-        help="local, or ray: Ray Data batch inference (pip install 'autoannotate[ray]'). [default: local]",
+        help=_with_default("local, or ray: Ray Data batch inference (pip install 'autoannotate[ray]').", "engine"),
     ),
 ]
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option("--ray-address", help="Join a running Ray cluster (e.g. 'auto'); default: start Ray locally."),
+    typer.Option("--ray-address", help="Join a running Ray cluster (e.g. 'auto').  [default: start Ray locally]"),
 ]
 RayWorkersOpt = Annotated[
     int | None,
-    typer.Option("--ray-workers", help="Ray actors, one model pair each; 0 = one per CPU or GPU. [default: 0]"),
+    typer.Option(
+        "--ray-workers", help=_with_default("Ray actors, one model pair each; 0 = one per CPU or GPU.", "ray_workers")
+    ),
 ]
 RayGpusOpt = Annotated[
     float | None,
-    typer.Option("--ray-gpus-per-worker", help="GPUs per Ray actor (1, or 0.5 to share one). [default: 0]"),
+    typer.Option(
+        "--ray-gpus-per-worker",
+        help=_with_default("GPUs per Ray actor (1, or 0.5 to share one).", "ray_gpus_per_worker"),
+    ),
 ]
 ConfigOpt = Annotated[
     Path | None,
@@ -169,18 +243,25 @@ OverwriteOpt = Annotated[
     bool | None,
     typer.Option(
         "--overwrite/--no-overwrite",
-        help="Replace label files and data.yaml that autoannotate did not write. [default: no-overwrite]",
+        help=_with_default("Replace label files and data.yaml that autoannotate did not write.", "overwrite"),
         show_default=False,
     ),
 ]
 JsonOpt = Annotated[
     bool | None,
-    typer.Option("--json/--no-json", help="JSON lines on stdout: one per image, then a summary.", show_default=False),
+    typer.Option(
+        "--json/--no-json",
+        help=_with_default("JSON lines on stdout: one per image, then a summary.", "json"),
+        show_default=False,
+    ),
 ]
 QuietOpt = Annotated[
-    bool | None, typer.Option("--quiet/--no-quiet", "-q", help="Print errors only.", show_default=False)
+    bool | None,
+    typer.Option("--quiet/--no-quiet", "-q", help=_with_default("Print errors only.", "quiet"), show_default=False),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", help="Also print the traceback of an error (the exit code stays the documented one).")
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -199,8 +280,11 @@ def main_callback(
     """Turn a folder of images into a ready-to-train YOLO instance-segmentation dataset."""
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+# Extra arguments reach ``run`` (instead of a bare "unexpected extra argument" from the parser) so that the usual
+# cause, an unquoted glob that the shell expanded, gets its fix in the error line.
+@app.command(epilog=EXIT_CODES_HELP, context_settings={"allow_extra_args": True})
 def run(
+    ctx: typer.Context,
     data: DataOpt = None,
     det_model: DetModelOpt = None,
     sam_model: SamModelOpt = None,
@@ -266,43 +350,68 @@ def run(
         "quiet": quiet,
     }
     err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-    run_guarded(lambda: _run(overrides, config, err_console), debug)
+    extra = list(ctx.args)
+    run_guarded(lambda: _run(overrides, config, err_console, extra), debug)
 
 
-def _run(overrides: dict[str, Any], config: Path | None, err_console: Console) -> int:
+def _extra_arguments_error(extra: list[str], data: str | None) -> ConfigError:
+    """The one line for arguments ``run`` does not take: most often a glob the shell expanded into file names."""
+    example = excerpt(extra[0])
+    if any(os.path.exists(arg) or os.sep in arg or Path(arg).suffix for arg in extra):
+        # the glob the user most likely typed: the folder and suffix of the first file name among them
+        named = next((arg for arg in [data or "", *extra] if Path(arg).suffix), "imgs/x.jpg")
+        pattern = os.path.join(os.path.dirname(named), "*" + Path(named).suffix)
+        return ConfigError(
+            f"got {len(extra)} extra argument(s) (e.g. {example}): quote a glob so the shell does not expand it"
+            f" (--data {excerpt(pattern)}), or pass a .txt list or '-' for stdin"
+        )
+    return ConfigError(f"got {len(extra)} unexpected argument(s) (e.g. {example}): run takes options only (see --help)")
+
+
+def _run(overrides: dict[str, Any], config: Path | None, err_console: Console, extra: list[str] | None = None) -> int:
+    if extra:
+        raise _extra_arguments_error(extra, overrides.get("data"))
     settings = build_settings(read_config_file(config) if config is not None else None, overrides)
     tune_host_allocator()  # process-wide, so here at the entry point, before any inference thread exists
     from autoannotate.job import AnnotationJob  # imports torch and ultralytics: only once the options are valid
 
     _route_library_logs_to_stderr(quiet=settings.quiet or settings.json)
     stdin: TextIO | None = sys.stdin if settings.data == "-" else None
-    job = AnnotationJob(settings, stdin)
-    models = job.load()
-    job.begin()
-    for notice in job.notices:
-        if not settings.quiet:
-            err_console.print(f"note: {notice}", markup=False)
-    if not settings.quiet and not settings.json:
-        plan = models.plan
-        err_console.print(
-            f"device {plan.device}, {plan.infer_workers} inference worker(s) x {plan.torch_threads} thread(s),"
-            f" batch {models.batch}{', half precision' if settings.half else ''}",
-            markup=False,
-        )
-    out = sys.stdout
-    if settings.json:
-        for outcome in job.run():
-            _emit(out, _image_event(outcome))
-            if outcome.error and not settings.quiet:
-                err_console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
-    else:
-        _run_with_progress(job, err_console, settings.quiet)
+    with AnnotationJob(settings, stdin) as job:  # holds the output dir's lock until the run ends
+        require_images(job.spec)  # an empty folder is refused as an empty list or glob is, before any model loads
+        models = job.load()
+        job.begin()
+        _print_notices(err_console, job.notices, settings.quiet)
+        if not settings.quiet and not settings.json:
+            plan = models.plan
+            err_console.print(
+                f"device {plan.device}, {plan.infer_workers} inference worker(s) x {plan.torch_threads} thread(s),"
+                f" batch {models.batch}{', half precision' if settings.half else ''}",
+                markup=False,
+            )
+        shown = len(job.notices)
+        out = sys.stdout
+        if settings.json:
+            # closed explicitly: after Ctrl-C or SIGTERM the job's cleanup (manifest "interrupted") runs now
+            with contextlib.closing(_outcomes(job)) as outcomes:
+                for outcome in outcomes:
+                    _emit(out, _image_event(outcome))
+                    if outcome.error and not settings.quiet:
+                        err_console.print(f"warning: {_shown_path(outcome.source.path)}: {outcome.error}", markup=False)
+        else:
+            _run_with_progress(job, err_console, settings.quiet)
+        _print_notices(err_console, job.notices[shown:], settings.quiet)
     summary = job.summary
     if settings.json:
         _emit(out, {"event": "summary", **summary.to_dict()})
     elif not settings.quiet:
         _print_summary(Console(highlight=False), summary.to_dict())
     return EXIT_FAILED_IMAGES if summary.failed else EXIT_OK
+
+
+def _print_notices(err_console: Console, notices: list[str], quiet: bool) -> None:
+    for notice in notices if not quiet else ():
+        err_console.print(f"note: {notice}", markup=False)
 
 
 def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
@@ -329,16 +438,31 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
 
         threading.Thread(target=count_images, name="autoannotate-count", daemon=True).start()
         instances = failed = skipped = 0
-        for outcome in job.run():
-            instances += outcome.instances
-            skipped += outcome.status == "skipped"
-            if outcome.error:
-                failed += 1
-                progress.console.print(f"warning: {outcome.source.path}: {outcome.error}", markup=False)
-            elapsed = progress.tasks[0].elapsed or 0.0
-            done = progress.tasks[0].completed + 1
-            rate = f"{done / elapsed:.2f}" if elapsed > 0 else "-"
-            progress.update(task, advance=1, instances=instances, failed=failed, skipped=skipped, rate=rate)
+        with contextlib.closing(_outcomes(job)) as outcomes:  # see _run: cleanup runs at once when interrupted
+            for outcome in outcomes:
+                instances += outcome.instances
+                skipped += outcome.status == "skipped"
+                if outcome.error:
+                    failed += 1
+                    progress.console.print(
+                        f"warning: {_shown_path(outcome.source.path)}: {outcome.error}", markup=False
+                    )
+                elapsed = progress.tasks[0].elapsed or 0.0
+                done = progress.tasks[0].completed + 1
+                rate = f"{done / elapsed:.2f}" if elapsed > 0 else "-"
+                progress.update(task, advance=1, instances=instances, failed=failed, skipped=skipped, rate=rate)
+
+
+def _outcomes(job: Any) -> Generator[Any, None, None]:
+    """``job.run()``, typed as the generator it is, so that it can be closed (see ``_run``)."""
+    return cast(Generator[Any, None, None], job.run())
+
+
+def _shown_path(path: Path) -> str:
+    """A path for a one-line message: as is, or quoted with escapes when its name holds a line break or another
+    control character (which would otherwise split the warning over lines)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 def _image_event(outcome: Any) -> dict[str, Any]:
@@ -361,7 +485,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="autoannotate summary", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
-    for key in ("images", "labeled", "instances", "empty_masks", "dropped", "failed", "skipped"):
+    for key in ("images", "labeled", "instances", "empty_masks", "dropped", "failed", "skipped", "edited", "removed"):
         table.add_row(key.replace("_", " "), str(summary[key]))
     scores = summary.get("sam_iou")
     if scores:
@@ -388,7 +512,11 @@ def _route_library_logs_to_stderr(quiet: bool) -> None:
         logger.setLevel(logging.ERROR)
 
 
-@app.command(epilog="Exit codes: 0 every shard merged; 1 shards missing or incomplete; 2 nothing to merge.")
+@app.command(
+    epilog="Exit codes: 0 every shard merged; 1 shards missing or incomplete; 2 nothing to merge, a malformed shard"
+    " manifest, shards run with different settings or models, an output file autoannotate did not write, or a run"
+    " still writing to the dir."
+)
 def merge(
     output: Annotated[Path, typer.Argument(help="The output dir that the --shard I/N runs wrote to.")],
     json_lines: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
@@ -397,7 +525,12 @@ def merge(
     from autoannotate.merge import merge_shards
 
     def body() -> int:
-        report = merge_shards(output)
+        from autoannotate.lock import acquire_output_lock
+
+        # no shard may still be writing while its files are folded (merge_shards itself refuses a non-directory)
+        lock = acquire_output_lock(output, what="merge") if output.is_dir() else contextlib.nullcontext()
+        with lock:
+            report = merge_shards(output)
         if json_lines:
             _emit(
                 sys.stdout,
@@ -429,12 +562,22 @@ from autoannotate.cli_review import register as _register_review_commands  # noq
 _register_review_commands(app)
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    # Further SIGTERMs are ignored: the cleanup that Terminated sets off (the manifest marked "interrupted", the
+    # journal kept) runs once and to its end; SIGKILL stays the way to stop at once, and a rerun resumes either way.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point."""
     import cv2
 
     # OpenCV's own warnings (e.g. TIFF tag noise) go to stderr past our one-line-per-problem reporting
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # SIGTERM (CI cancel, docker stop, timeout) ends a run like Ctrl-C does: Python delivers it to the main thread as
+    # an exception, so every finally block runs; process-wide, hence here and not at import.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     app(prog_name="autoannotate")
 
 

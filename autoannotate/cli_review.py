@@ -27,6 +27,7 @@ from autoannotate.review.labels import (
     read_names,
 )
 from autoannotate.review.preview import PreviewSample, load_sample, sample_pairs, write_previews
+from autoannotate.review.provenance import label_provenance
 from autoannotate.writers.coco import CocoImage, CocoInstance, build_coco, write_coco
 
 COCO_NAME = "annotations.coco.json"
@@ -84,10 +85,15 @@ def check(
         names_file = _names_file(labels, names)
         class_names = read_names(names_file) if names_file is not None else None
         report = check_labels(pairs, labels, images, class_names, names_file)
+        provenance = label_provenance(labels)
         if json_out:
-            typer.echo(json.dumps(report_to_dict(report), ensure_ascii=False))
+            out = report_to_dict(report)
+            out["provenance"] = provenance.to_dict() if provenance is not None else None
+            typer.echo(json.dumps(out, ensure_ascii=False))
         else:
             typer.echo(format_report(report), nl=False)
+            if provenance is not None:
+                typer.echo(provenance.format(), nl=False)
         return EXIT_OK if report.ok else EXIT_PROBLEMS
 
     run_guarded(body, debug)

@@ -7,6 +7,8 @@ two in step). Validation names the field, the value received and what is expecte
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,10 +16,26 @@ from typing import Any
 
 import yaml
 
-from autoannotate.errors import ConfigError
+from autoannotate.errors import ConfigError, excerpt, one_line
 
 POLYGON_MODES = ("merge", "largest", "split")
 ENGINES = ("local", "ray")
+RAY_INSTALL_HINT = "--engine ray needs Ray: pip install 'autoannotate[ray]' (or pip install 'ray[data]')"
+
+#: Most shards a ``--shard I/N`` may split a run into. Every shard is a job of its own with its own manifest, and
+#: ``merge`` lists each missing one: 10,000 is far beyond any CI matrix (GitHub Actions caps one at 256 jobs) and
+#: keeps a mistyped N (``0/20000000``) from asking merge to account for millions of shards.
+MAX_SHARDS = 10_000
+#: Detector input size bounds, pixels. ultralytics needs at least one stride (32) and rounds any size up to a
+#: multiple of its stride itself, so only the range is checked. Above 8192 the letterboxed input alone is over
+#: 200 MP of float32 and the detector's activations grow with its square (8192 costs ~164x the default 640); no
+#: detector is trained near it, and an image is never larger than the 179 MP that training reads anyway.
+MIN_IMGSZ, MAX_IMGSZ = 32, 8192
+#: Most images per step: a batch is decoded and held in memory at once, so ``--batch 1000000`` would decode a
+#: whole dataset before the first inference; far above what any device gains from (CUDA default 8).
+MAX_BATCH = 1024
+#: Largest config file read: a config is a screenful of options, and reading stops here (``--config /dev/zero``).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,9 +76,11 @@ class RunSettings:
         _check(bool(self.data), "data", self.data, "a directory, image, .txt list, glob or '-'")
         _check(0.0 <= self.conf <= 1.0, "conf", self.conf, "a number in [0, 1]")
         _check(0.0 <= self.iou <= 1.0, "iou", self.iou, "a number in [0, 1]")
-        _check(self.imgsz >= 32, "imgsz", self.imgsz, "an integer >= 32")
+        _check(MIN_IMGSZ <= self.imgsz <= MAX_IMGSZ, "imgsz", self.imgsz, f"an integer from {MIN_IMGSZ} to {MAX_IMGSZ}")
         _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
-        _check(self.batch >= 0, "batch", self.batch, "an integer >= 0 (0 = device default)")
+        _check(
+            0 <= self.batch <= MAX_BATCH, "batch", self.batch, f"an integer from 0 to {MAX_BATCH} (0 = device default)"
+        )
         _check(self.tolerance >= 0.0, "tolerance", self.tolerance, "a number of pixels >= 0")
         _check(self.min_area >= 0.0, "min_area", self.min_area, "a number of pixels >= 0")
         _check(0.0 <= self.min_mask_score <= 1.0, "min_mask_score", self.min_mask_score, "a number in [0, 1]")
@@ -76,6 +96,9 @@ class RunSettings:
         _check(bool(self.sam_model), "sam_model", self.sam_model, "a model file path or ultralytics asset name")
         if self.classes is not None:
             _check(len(self.classes) > 0, "classes", ",".join(self.classes), "class ids or names, comma-separated")
+        if self.names is not None and self.boxes_from is None:
+            # the detector names its own classes: a names file without label boxes would be silently ignored
+            raise ConfigError("--names only applies with --boxes-from; drop --names or add --boxes-from LABELS_DIR")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (for the run manifest)."""
@@ -86,7 +109,12 @@ class RunSettings:
 
 def _check(ok: bool, field: str, value: object, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"invalid {option_name(field)} {value!r}: expected {expected}")
+        raise _invalid(field, value, expected)
+
+
+def _invalid(field: str, value: object, expected: str) -> ConfigError:
+    """``invalid --FIELD VALUE: expected ...``, the value shown as a short excerpt however large it is."""
+    return ConfigError(f"invalid {option_name(field)} {excerpt(value)}: expected {expected}")
 
 
 def option_name(field: str) -> str:
@@ -128,14 +156,14 @@ _FIELD_TYPES: dict[str, type] = {
 
 
 def parse_shard(value: str) -> tuple[int, int]:
-    """``"I/N"`` (0-based) to ``(I, N)``; ConfigError unless ``0 <= I < N``."""
+    """``"I/N"`` (0-based) to ``(I, N)``; ConfigError unless ``0 <= I < N <= MAX_SHARDS``."""
     index_text, _, count_text = value.partition("/")
     try:
         index, count = int(index_text), int(count_text)
-    except ValueError:
+    except ValueError:  # also a digit string too long for int() (Python refuses over 4300 digits)
         index, count = -1, 0
-    if not 0 <= index < count:
-        raise ConfigError(f"invalid --shard {value!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    if not 0 <= index < count <= MAX_SHARDS:
+        raise _invalid("shard", value, f"I/N with 0 <= I < N <= {MAX_SHARDS}, e.g. 0/4")
     return index, count
 
 
@@ -143,6 +171,7 @@ def parse_classes(value: object) -> tuple[str, ...] | None:
     """Class filter from a flag (``"0,person"``), a YAML list (``[0, person]``) or None, as stripped strings."""
     if value is None:
         return None
+    expected = "class ids or names, comma-separated"
     items: list[object]
     if isinstance(value, str):
         items = list(value.split(","))
@@ -151,10 +180,13 @@ def parse_classes(value: object) -> tuple[str, ...] | None:
     elif isinstance(value, int) and not isinstance(value, bool):
         items = [value]
     else:
-        raise ConfigError(f"invalid --classes {value!r}: expected class ids or names, comma-separated")
+        raise _invalid("classes", value, expected)
+    # Only names and ids: str() of a nested list would build its whole text (a YAML alias bomb: gigabytes).
+    if any(isinstance(item, bool) or not isinstance(item, str | int) for item in items):
+        raise _invalid("classes", value, expected)
     out = tuple(str(item).strip() for item in items)
     if not out or any(not item for item in out):
-        raise ConfigError(f"invalid --classes {value!r}: expected class ids or names, comma-separated")
+        raise _invalid("classes", value, expected)
     return out
 
 
@@ -166,50 +198,78 @@ def _coerce(field: str, value: Any) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"invalid {option_name(field)} {value!r}: expected true or false")
+        raise _invalid(field, value, "true or false")
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected an integer")
+            raise _invalid(field, value, "an integer")
+        if isinstance(value, int):  # exact, however large (float() of a 400-digit int overflows)
+            return value
         try:
             number = float(value)
-        except ValueError:
-            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected an integer") from None
-        if not number.is_integer():
-            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected an integer")
+        except (ValueError, OverflowError):
+            raise _invalid(field, value, "an integer") from None
+        if not number.is_integer():  # also inf and nan
+            raise _invalid(field, value, "an integer")
         return int(number)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected a number")
+            raise _invalid(field, value, "a number")
         try:
             return float(value)
-        except ValueError:
-            raise ConfigError(f"invalid {option_name(field)} {value!r}: expected a number") from None
+        except (ValueError, OverflowError):
+            raise _invalid(field, value, "a number") from None
     if isinstance(value, Path):
         return str(value)
     if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ConfigError(f"invalid {option_name(field)} {value!r}: expected a string")
+        raise _invalid(field, value, "a string")
     return str(value)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML config: a mapping of option names (``max-det`` or ``max_det``) to values."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)  # bounded: a device or a huge file is refused, not slurped
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist: check the --config path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory: pass a YAML file to --config") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {one_line(err, 100)}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {str(path)!r} is over {MAX_CONFIG_BYTES // 1024} KiB: a config lists options only"
+        )
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: fix its syntax") from None
+    except RecursionError:  # thousands of nested brackets: the YAML parser recurses per level
+        raise ConfigError(f"config file {str(path)!r} nests too deeply: a config lists options only") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must be a mapping of option names to values")
-    return {str(key).replace("-", "_"): value for key, value in loaded.items()}
+    out: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if not isinstance(key, str):  # a list or mapping as a key: no option is named like that
+            raise ConfigError(f"unknown option {excerpt(key)} in config file {str(path)!r}: keys are option names")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _unknown_option(key: str, known: set[str]) -> str:
+    """One short line: the key (an excerpt) and the likeliest options meant, not all 29 of them."""
+    spelled = key.replace("_", "-")
+    options = sorted(k.replace("_", "-") for k in known)
+    # a typo (max-dets) or a longer or shorter spelling (confidence for conf)
+    related = [o for o in options if len(spelled) >= 3 and (spelled.startswith(o) or o.startswith(spelled))]
+    close = list(dict.fromkeys(related + difflib.get_close_matches(spelled[:100], options, n=3, cutoff=0.6)))[:3]
+    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else "`autoannotate run --help` lists them all"
+    return f"unknown option {excerpt(spelled)} in config: {hint}"
 
 
 def build_settings(config: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunSettings:
@@ -219,11 +279,12 @@ def build_settings(config: Mapping[str, Any] | None, overrides: Mapping[str, Any
     for source in (config or {}), overrides:
         for key, value in source.items():
             if key not in known:
-                raise ConfigError(
-                    f"unknown option {key.replace('_', '-')!r} in config: valid options are "
-                    + ", ".join(sorted(k.replace("_", "-") for k in known))
-                )
+                raise ConfigError(_unknown_option(key, known))
             if value is None:  # "not given" on the command line, "use the default" in YAML
                 continue
             merged[key] = _coerce(key, value)
-    return RunSettings(**merged)
+    settings = RunSettings(**merged)
+    # Checked here, before any model loads or any work is announced, rather than when the Ray engine starts.
+    if settings.engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError(RAY_INSTALL_HINT)
+    return settings

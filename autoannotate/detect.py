@@ -14,7 +14,7 @@ import torch
 
 from autoannotate.assets import asset_url
 from autoannotate.cpu_kernels import onednn_for, use_onednn
-from autoannotate.errors import ConfigError, ModelError, one_line
+from autoannotate.errors import ConfigError, ModelError, logs_held, one_line
 
 _DETECTOR_TASKS = frozenset({"detect", "segment"})
 
@@ -69,16 +69,38 @@ def _resolve_detector_weights(name_or_path: str) -> str:
     raise ModelError(f"detector model {name_or_path!r} does not exist: pass --det-model PATH to a YOLO model file")
 
 
+# Files that are certainly no model (ultralytics would take an image for a video or image "source" and then fail
+# deep inside its backend with a TypeError): refused by name, before ultralytics is asked.
+_NOT_MODEL_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".txt", ".csv", ".json", ".mp4", ".avi"}
+)
+
+
+def _refuse_non_model_file(weights: str, source: str) -> None:
+    path = Path(source)
+    if path.suffix.lower() in _NOT_MODEL_SUFFIXES and path.is_file():
+        raise ModelError(
+            f"--det-model {weights!r} is a {path.suffix.lower()[1:]} file, not a model; pass a YOLO detection or"
+            " segmentation model (e.g. yolo11x.pt) with --det-model"
+        )
+
+
 class Detector:
     """A loaded YOLO model with fixed settings. ``detect`` takes a batch of BGR images and returns their boxes."""
 
     def __init__(
-        self, model: object, settings: DetectSettings, device: torch.device, weights_path: str | None = None
+        self,
+        model: object,
+        settings: DetectSettings,
+        device: torch.device,
+        weights_path: str | None = None,
+        names: dict[int, str] | None = None,
     ) -> None:
         self._model = model
         self.settings = settings
         self.device = device
         self.weights_path = weights_path  # the local file that was loaded (after any download)
+        self._names = names  # read once at load: for an exported model, reading them loads its backend
 
     @classmethod
     def from_weights(cls, weights: str, device: torch.device, onednn: bool | None = None) -> Detector:
@@ -91,8 +113,13 @@ class Detector:
         from ultralytics import YOLO
 
         source = _resolve_detector_weights(weights)
+        _refuse_non_model_file(weights, source)
         try:
-            model = YOLO(source)
+            with logs_held():  # a file that fails to load also logs a task-guess warning first: one line only
+                model = YOLO(source)
+                # Non-PyTorch formats (ONNX, TensorRT, ...) load lazily, on first use: reading the names loads them
+                # now, so a file that is no model fails here, as a ModelError, rather than as a bug later.
+                names = _class_names(model)
         except (ConnectionError, TimeoutError) as err:
             name = Path(weights).name
             raise ModelError(
@@ -101,8 +128,8 @@ class Detector:
             ) from None
         except Exception as err:  # ultralytics raises many types for a bad file; all mean "not a detector"
             raise ModelError(
-                f"{weights!r} is not a loadable YOLO detector ({one_line(err)});"
-                " pass a YOLO detection or segmentation model with --det-model"
+                f"{weights!r} is not a loadable YOLO detector ({one_line(err, 100)});"
+                " pass a YOLO detection or segmentation model (.pt, or an export ultralytics loads) with --det-model"
             ) from None
         task = getattr(model, "task", None)
         if task not in _DETECTOR_TASKS:
@@ -113,18 +140,15 @@ class Detector:
         if onednn_for(device, onednn):
             _use_onednn(model)
         loaded = getattr(model, "ckpt_path", None) or source
-        return cls(model, DetectSettings(), device, str(loaded))
+        return cls(model, DetectSettings(), device, str(loaded), names)
 
     def with_settings(self, settings: DetectSettings) -> Detector:
-        return Detector(self._model, settings, self.device, self.weights_path)
+        return Detector(self._model, settings, self.device, self.weights_path, self._names)
 
     @property
     def names(self) -> dict[int, str]:
         """Class id -> name, as the model was trained (ids unchanged)."""
-        raw = getattr(self._model, "names", None) or {}
-        if isinstance(raw, list | tuple):
-            raw = dict(enumerate(raw))
-        return {int(k): str(v) for k, v in dict(raw).items()}
+        return dict(self._names) if self._names is not None else _class_names(self._model)
 
     def resolve_classes(self, classes: Sequence[str] | None) -> tuple[int, ...] | None:
         """``--classes`` entries (ids or names, any letter case for names) to class ids. Raises ConfigError."""
@@ -204,6 +228,13 @@ class Detector:
                 )
             )
         return out
+
+
+def _class_names(model: object) -> dict[int, str]:
+    raw = getattr(model, "names", None) or {}
+    if isinstance(raw, list | tuple):
+        raw = dict(enumerate(raw))
+    return {int(k): str(v) for k, v in dict(raw).items()}
 
 
 def _use_onednn(yolo: object) -> None:

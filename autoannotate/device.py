@@ -9,11 +9,12 @@ GPU one worker feeds the device and batching does the rest.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 
-from autoannotate.errors import ConfigError, one_line
+from autoannotate.errors import ConfigError, excerpt, logs_held, one_line
 
 MAX_CPU_WORKERS = 8
 
@@ -35,6 +36,12 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_DEVICE_HINT = "use '', 'cpu', 'cuda:0' or '0'"
+# What --device may name: ultralytics' own spellings (a CUDA index or a comma-separated list of them, cpu, mps,
+# npu/xpu with an optional index list); anything else is refused here, before ultralytics logs a banner for it.
+_DEVICE_SPEC = re.compile(r"(|cpu|mps(:0)?|\d+(,\d+)*|(npu|xpu)(:\d+(,\d+)*)?)")
+
+
 def select_device(device: str) -> torch.device:
     """``''`` (auto: first CUDA device, else CPU), ``cpu``, ``cuda:0`` or ``0`` to a torch device. ConfigError."""
     from ultralytics.utils.torch_utils import select_device as ultralytics_select_device
@@ -44,10 +51,25 @@ def select_device(device: str) -> torch.device:
         spec = spec[len("cuda:") :]
     if spec == "cuda":
         spec = "0"
+    shown = excerpt(device)
+    if not _DEVICE_SPEC.fullmatch(spec):
+        raise ConfigError(f"invalid --device {shown}: not a device name; {_DEVICE_HINT}")
+    if spec[:1].isdigit():
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        wanted = max(int(index) for index in spec.split(","))
+        if count == 0:
+            raise ConfigError(
+                f"invalid --device {shown}: this machine has no CUDA device that torch sees; use '' or 'cpu'"
+            )
+        if wanted >= count:
+            raise ConfigError(
+                f"invalid --device {shown}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
     try:
-        selected: torch.device = ultralytics_select_device(spec, verbose=False)
+        with logs_held():  # ultralytics logs its banner before it raises: the error below is the one line
+            selected: torch.device = ultralytics_select_device(spec, verbose=False)
     except (ValueError, RuntimeError, AssertionError) as err:
-        raise ConfigError(f"invalid --device {device!r}: {one_line(err)} (use '', 'cpu', 'cuda:0' or '0')") from None
+        raise ConfigError(f"invalid --device {shown}: {one_line(err, 100)} ({_DEVICE_HINT})") from None
     return selected
 
 

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -231,9 +232,10 @@ class AnnotationJob:
                 with contextlib.suppress(OSError):
                     stale.unlink()
             for name in os.listdir(out):
-                if TEMP_PATTERN.fullmatch(name):
-                    with contextlib.suppress(OSError):
-                        (out / name).unlink()
+                path = out / name
+                with contextlib.suppress(OSError):
+                    if TEMP_PATTERN.fullmatch(name) and stat.S_ISREG(os.lstat(path).st_mode):
+                        path.unlink()
             for tree in (self.layout.label_root, out / PREVIEWS_DIR):
                 if tree.is_dir():
                     remove_stale_temps(tree)

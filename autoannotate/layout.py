@@ -76,18 +76,27 @@ def default_output_dir(spec: SourceSpec, data: str) -> Path:
 
 
 def plan_layout(spec: SourceSpec, data: str, output_dir: str | None) -> DatasetLayout:
-    """Decide every output path. Raises OutputError for an output dir that would mix labels into the images."""
+    """Decide every output path. Raises OutputError for an output dir that would mix labels into the images.
+
+    Paths are compared resolved: an output dir or ``--data`` reached through a symlink is the directory it leads to.
+    """
     out = Path(os.path.abspath(Path(output_dir).expanduser())) if output_dir else default_output_dir(spec, data)
-    anchor = _images_anchor(spec.root)
-    if anchor is not None and _same(out, anchor.parent):
-        prefix = spec.root.relative_to(anchor)
-        label_root = out / "labels" / prefix
-        entry = (PurePosixPath("images") / prefix.as_posix()).as_posix()
-        return DatasetLayout(out, spec.root, label_root, entry, "none")
+    for root in (spec.root, Path(os.path.realpath(spec.root))):  # as named, then as it really lies
+        anchor = _images_anchor(root)
+        if anchor is not None and _same(out, anchor.parent):
+            prefix = root.relative_to(anchor)
+            label_root = out / "labels" / prefix
+            entry = (PurePosixPath("images") / prefix.as_posix()).as_posix()
+            return DatasetLayout(out, spec.root, label_root, entry, "none")
     # Links inside the walked tree would be found as images by the next run (and loop for recursive readers).
     if (spec.kind == "dir" and _is_within(out, spec.root)) or _is_within(spec.root, out / "labels"):
         raise OutputError(
             f"--output-dir {str(out)!r} would mix labels with the images under {str(spec.root)!r};"
+            " choose a directory outside the image tree"
+        )
+    if _is_within(spec.root, out / "images"):  # OUT/images/<rel> links would land among the images themselves
+        raise OutputError(
+            f"--output-dir {str(out)!r} would put image links among the images under {str(spec.root)!r};"
             " choose a directory outside the image tree"
         )
     return DatasetLayout(out, spec.root, out / "labels", "images", "files")
@@ -105,19 +114,53 @@ def prepare_output(layout: DatasetLayout) -> None:
 
 
 def link_image(layout: DatasetLayout, rel_path: PurePosixPath, image_path: Path) -> None:
-    """For ``link == "files"``: make ``OUT/images/<rel>`` lead to ``image_path``. Raises OutputError if taken."""
+    """For ``link == "files"``: make ``OUT/images/<rel>`` lead to ``image_path``. Raises OutputError if taken.
+
+    The link is relative (the output dir and the images can move together), computed between the directories as
+    they really lie, so that it resolves whatever symlinks the output dir or the images are reached through; where a
+    relative link still would not lead to the image, it is absolute.
+    """
     if layout.link != "files":
         return
     link = layout.image_link_path(rel_path)
-    if link.is_symlink() or link.exists():
-        if _same(link, image_path):
-            return
-        raise OutputError(f"{str(link)!r} exists and is not a link to this image")
     try:
+        if link.is_symlink() or link.exists():
+            if _same(link, image_path):
+                return
+            if not _is_stale_link_of_ours(link, image_path):
+                raise OutputError(f"{str(link)!r} exists and is not a link to this image")
+            link.unlink()
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(image_path, link.parent), link)
+        _make_link(link, image_path)
+    except FileExistsError:  # made meanwhile (another shard's run)
+        if not _same(link, image_path):
+            raise OutputError(f"{str(link)!r} exists and is not a link to this image") from None
     except OSError as err:
         raise OutputError(f"cannot create image link {str(link)!r}: {err.strerror or err}") from None
+
+
+def _make_link(link: Path, image_path: Path) -> None:
+    # The image's own name is kept (it may be a user's symlink: the link leads to it, not past it).
+    target = os.path.join(os.path.realpath(image_path.parent), image_path.name)
+    os.symlink(os.path.relpath(target, os.path.realpath(link.parent)), link)
+    if not _leads_to(link, image_path):
+        link.unlink()
+        os.symlink(target, link)
+
+
+def _leads_to(link: Path, image_path: Path) -> bool:
+    try:
+        return os.path.samefile(link, image_path)
+    except OSError:
+        return False
+
+
+def _is_stale_link_of_ours(link: Path, image_path: Path) -> bool:
+    """A dangling link of earlier versions, which computed the relative target from the unresolved paths."""
+    try:
+        return not link.exists() and os.readlink(link) == os.path.relpath(image_path, link.parent)
+    except (OSError, ValueError):
+        return False
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -147,11 +147,11 @@ class Annotator:
         claimed: set[Path] = set()
         max_in_flight = 2 * self.infer_workers + 2  # batches admitted but not yet yielded: bounds memory
         pending: deque[Future[list[ImageOutcome]]] = deque()
-        with (
-            ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-decode") as decode_pool,
-            ThreadPoolExecutor(self.infer_workers, thread_name_prefix="autoannotate-infer") as infer_pool,
-            ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-write") as write_pool,
-        ):
+        decode_pool = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-decode")
+        infer_pool = ThreadPoolExecutor(self.infer_workers, thread_name_prefix="autoannotate-infer")
+        write_pool = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-write")
+        finished = False
+        try:
             for batch in _batched(images, self.batch):
                 items = [self._admit(source, claimed, decode_pool) for source in batch]
                 inferred = infer_pool.submit(self._infer_batch, items)
@@ -160,6 +160,13 @@ class Annotator:
                     yield from pending.popleft().result()
             while pending:
                 yield from pending.popleft().result()
+            finished = True
+        finally:
+            # Stopped early (Ctrl-C, SIGTERM, an error, the consumer gone): drop the batches not started yet instead
+            # of finishing every one in flight, so the process ends after the step running now. Their labels are
+            # simply not written; the journal tells a rerun what was.
+            for pool in (decode_pool, infer_pool, write_pool):
+                pool.shutdown(wait=finished, cancel_futures=not finished)
 
     def _admit(self, source: ImageSource, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""

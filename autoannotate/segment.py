@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -129,27 +130,58 @@ def resolve_sam_weights(
     return found
 
 
+# The global that torch's weights-only unpickler refused, as its message names it ("Unsupported global: GLOBAL
+# ultralytics.nn.tasks.DetectionModel was not an allowed global", "unsupported GLOBAL posix.system whose module
+# posix is blocked"); no name means the file is no pickle it can follow at all (text, truncated, corrupt).
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_CONVERT_HINT = (
+    "if you trust the file, load it in Python yourself and keep its weights only with "
+    "torch.save(model.state_dict(), 'sam_weights.pt'), then pass --sam-model sam_weights.pt"
+)
+
+
 def _read_checkpoint(path: Path) -> Any:
-    """``torch.load`` on CPU; safe (weights-only) first, full unpickling only for a file the weights-only loader
-    refuses, which is what e.g. an ultralytics model checkpoint needs (that lets us name what the file is)."""
+    """``torch.load`` on CPU with torch's weights-only unpickler, and never anything else.
+
+    Unpickling an arbitrary object runs whatever its pickle names (``os.system`` included), so a file that the
+    weights-only loader refuses is refused here too, saying which object it holds and how to convert it. Every
+    checkpoint this module knows (the SAM and MobileSAM releases, ultralytics' mobile_sam.pt, sam_b.pt, sam_l.pt) is
+    a plain state dict that loads without allowing any extra type.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # not a plain tensor pickle: a pickled nn.Module, a checkpoint with extra objects, or not a pickle
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": noise on stderr for a file that is then refused in one line anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is not None:
+            raise ModelError(_refused_object_message(path, refused.group(1))) from None
+        # torch's text is a paragraph about its defaults; the reason proper follows "WeightsUnpickler error:"
+        _, _, reason = str(err).partition("WeightsUnpickler error:")
+        cause: Exception = pickle.UnpicklingError(reason.split("Check the documentation")[0]) if reason else err
     except Exception as err:
-        raise ModelError(
-            f"SAM weights {str(path)!r} cannot be read as a PyTorch checkpoint (corrupt, truncated or not a .pt "
-            f"file: {one_line(err, 100)}); {_SAM_FLAG_HINT}"
-        ) from err
-    try:
-        # The user chose this file, exactly as ultralytics itself loads .pt files; only reached for files that
-        # torch's weights-only loader could not read.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ModelError(
-            f"SAM weights {str(path)!r} cannot be read as a PyTorch checkpoint (corrupt, truncated or not a .pt "
-            f"file: {one_line(err, 100)}); {_SAM_FLAG_HINT}"
-        ) from err
+        cause = err
+    raise ModelError(
+        f"SAM weights {str(path)!r} cannot be read as a PyTorch checkpoint (corrupt, truncated or not a .pt "
+        f"file: {one_line(cause, 100)}); {_SAM_FLAG_HINT}"
+    ) from None
+
+
+def _refused_object_message(path: Path, global_name: str) -> str:
+    """Why a checkpoint holding a pickled object (``global_name``, as the pickle names it) is not loaded."""
+    source = f"SAM weights {str(path)!r}"
+    shown = global_name if len(global_name) <= 60 else global_name[:57] + "..."
+    if global_name.startswith("ultralytics."):
+        # recognised from the refused class's name alone: nothing of the file is unpickled to say what it is
+        return (
+            f"{source} is an Ultralytics model checkpoint (e.g. YOLO, it holds a pickled {shown}), not a "
+            f"SAM/MobileSAM state dict; {_SAM_FLAG_HINT}"
+        )
+    return (
+        f"{source} is not a plain state dict: it holds a pickled object ({shown}), and unpickling one can run "
+        f"arbitrary code, so it is not loaded; {_CONVERT_HINT}"
+    )
 
 
 def _unwrap_state_dict(checkpoint: Any, source: str) -> dict[str, torch.Tensor]:

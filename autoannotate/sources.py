@@ -1,7 +1,9 @@
 """Find images, decide where their labels go, and decode them.
 
 ``--data`` may be a directory (searched recursively; symlink loops are safe), one image, a ``.txt`` list of image
-paths, a quoted glob, or ``-`` for paths on stdin. Each image gets a ``rel_path``: its path relative to the
+paths, a quoted glob, or ``-`` for paths on stdin. A list (file or stdin) holds one path per line, or, when it
+contains a NUL byte, NUL-separated paths taken exactly as written (``find -print0``: names with spaces or line breaks
+survive). Each image gets a ``rel_path``: its path relative to the
 *image root*, which the output layout mirrors under ``labels/`` (see ``layout.py``).
 """
 
@@ -21,7 +23,10 @@ import numpy as np
 
 from autoannotate.errors import ImageError, InputError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+_SUFFIX_ORDER = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = frozenset(_SUFFIX_ORDER)
+#: The image types as a user reads them in a message: "jpg, jpeg, png, bmp, tif, tiff, webp".
+IMAGE_TYPES_TEXT = ", ".join(suffix[1:] for suffix in _SUFFIX_ORDER)
 _GLOB_CHARS = frozenset("*?[")
 
 # Ultralytics opens every training image with Pillow first (``data.utils.check_image``), and Pillow refuses images
@@ -64,7 +69,13 @@ def resolve_data(data: str, stdin: TextIO | None = None) -> SourceSpec:
         stream = stdin
         if stream is None:
             raise InputError("--data - reads image paths from stdin, but no stdin is attached")
-        paths = _read_path_lines(stream, base=Path.cwd())
+        # bytes where the stream has them: file names are bytes, and a NUL-separated list may hold any of them
+        buffer = getattr(stream, "buffer", None)
+        try:
+            raw: bytes | str = buffer.read() if buffer is not None else stream.read()
+        except OSError as err:
+            raise InputError(f"cannot read image paths from stdin: {err.strerror or err}") from None
+        paths = _parse_path_list(raw, base=Path.cwd())
         return _listed("stdin", paths, "stdin")
     path = Path(data).expanduser()
     if path.is_dir():
@@ -72,29 +83,42 @@ def resolve_data(data: str, stdin: TextIO | None = None) -> SourceSpec:
     if path.is_file():
         if path.suffix.lower() == ".txt":
             try:
-                with path.open(encoding="utf-8") as handle:
-                    paths = _read_path_lines(handle, base=path.parent)
-            except (OSError, UnicodeDecodeError) as err:
-                raise InputError(f"cannot read image list {data!r}: {err}") from None
-            return _listed("list", paths, data)
+                listing = path.read_bytes()
+            except OSError as err:
+                raise InputError(f"cannot read image list {data!r}: {err.strerror or err}") from None
+            return _listed("list", _parse_path_list(listing, base=path.parent), data)
+        if not is_image_path(path):
+            # e.g. notes.pdf or x.csv: annotating it could only fail, as one "failed image" among none
+            raise InputError(f"--data {data!r} is not an image ({IMAGE_TYPES_TEXT}) nor a .txt list of image paths")
         return SourceSpec("file", Path(os.path.abspath(path.parent)), (Path(os.path.abspath(path)),))
     if any(char in _GLOB_CHARS for char in data):
         matches = sorted(glob.glob(os.path.expanduser(data), recursive=True))
         paths = [Path(os.path.abspath(m)) for m in matches if is_image_path(m) and os.path.isfile(m)]
         if not paths:
-            raise InputError(f"--data glob {data!r} matches no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise InputError(f"--data glob {data!r} matches no image ({IMAGE_TYPES_TEXT})")
         return _listed("glob", paths, data)
+    if path.exists():  # a device, FIFO or socket: nothing to list or decode (stdin is spelled '-')
+        raise InputError(
+            f"--data {data!r} is not a directory or a regular file: give a directory, image, .txt list, glob or '-'"
+        )
     raise InputError(f"--data {data!r} does not exist: give a directory, image, .txt list, glob or '-'")
 
 
-def _read_path_lines(stream: Iterable[str], base: Path) -> list[Path]:
-    """Non-empty, non-comment lines as absolute paths; relative ones are relative to ``base``."""
-    out = []
-    for line in stream:
-        text = line.strip()
-        if text and not text.startswith("#"):
-            out.append(Path(os.path.abspath(base / Path(text).expanduser())))
-    return out
+def _parse_path_list(raw: bytes | str, base: Path) -> list[Path]:
+    """The paths of a list, absolute (relative ones are relative to ``base``).
+
+    With a NUL byte anywhere, the list is NUL-separated (``find -print0``) and each entry is a path exactly as
+    written: spaces, ``#`` and line breaks are part of a name. Otherwise it is one path per line, stripped, with empty
+    lines and ``#`` comments skipped. Bytes are decoded as the file system decodes names (undecodable bytes kept).
+    """
+    text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+    text = text.removeprefix("\ufeff")  # a byte-order mark that Windows editors write at the start
+    if "\0" in text:
+        entries: Iterable[str] = (entry for entry in text.split("\0") if entry)
+    else:
+        entries = (line.strip() for line in text.splitlines())
+        entries = (entry for entry in entries if entry and not entry.startswith("#"))
+    return [Path(os.path.abspath(base / Path(entry).expanduser())) for entry in entries]
 
 
 def _listed(kind: str, paths: list[Path], what: str) -> SourceSpec:
@@ -103,6 +127,40 @@ def _listed(kind: str, paths: list[Path], what: str) -> SourceSpec:
     # The image root of a list is the deepest directory holding every listed file, so rel_path never has "..".
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     return SourceSpec(kind, root, tuple(paths))
+
+
+def require_images(spec: SourceSpec) -> None:
+    """Raise InputError when a directory ``spec`` holds no image at all, as an empty list or glob does.
+
+    Cheap: stops at the first image found (folders in listing order, unsorted), so it costs a listing or two on any
+    real dataset; only a tree without a single image is walked whole. Lists and globs are checked when resolved.
+    """
+    if spec.paths is not None:
+        return
+    seen: set[tuple[int, int]] = set()
+    stack = [spec.root]
+    while stack:
+        directory = stack.pop()
+        try:
+            info = directory.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(directory) as scan:
+                for entry in scan:
+                    try:
+                        if entry.is_dir():
+                            stack.append(Path(entry.path))
+                        elif is_image_path(entry.name):  # what the walk yields (see ``_walk_images``)
+                            return
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    raise InputError(
+        f"no images found under --data {str(spec.root)!r} (looked for {IMAGE_TYPES_TEXT}, in any letter case and"
+        " every sub-folder)"
+    )
 
 
 def iter_images(spec: SourceSpec) -> Iterator[ImageSource]:

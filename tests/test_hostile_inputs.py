@@ -582,8 +582,9 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
     files = _output_files(out)
     assert {f for f in files if f.startswith("labels/")} == {f"labels/{Path(rel).with_suffix('.txt')}" for rel in good}
     assert {f for f in files if f.startswith("images/")} == {f"images/{rel}" for rel in good}
-    assert {"data.yaml", "autoannotate.json"} <= files
-    for name in files:
+    assert {"data.yaml", "autoannotate.json", ".autoannotate.lock"} <= files  # the lock file stays (see lock.py)
+    json.loads((out / ".autoannotate.lock").read_text(encoding="utf-8"))  # its holder record: pid, host, start
+    for name in files - {".autoannotate.lock"}:
         assert not any(part.startswith(".") or part.endswith((".tmp", ".part")) for part in Path(name).parts), name
         text = (out / name).read_text(encoding="utf-8") if not name.startswith("images/") else ""
         if name.endswith(".json"):

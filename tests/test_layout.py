@@ -92,3 +92,77 @@ def test_foreign_images_entry_is_refused(tmp_path: Path):
     with pytest.raises(OutputError, match="exists and is not a link"):
         link_image(layout, PurePosixPath("a.jpg"), a)
     assert (tmp_path / "out" / "images" / "a.jpg").read_bytes() == b"x"
+
+
+def _symlink(link: Path, target: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize(
+    ("out_via_link", "data_via_link"),
+    [(True, False), (False, True), (True, True)],
+    ids=["output-dir-through-symlink", "data-through-symlink", "both"],
+)
+def test_image_links_resolve_whatever_symlinks_lead_to_the_dirs(tmp_path: Path, out_via_link, data_via_link):
+    # the links and the real dirs they lead to lie at different depths, so a relative target computed from the
+    # unresolved paths would dangle
+    real_data = tmp_path / "store" / "p" / "q" / "imgs"
+    images = [_touch(real_data / "a.jpg"), _touch(real_data / "sub" / "deeper" / "b.png")]
+    data = _symlink(tmp_path / "dl", real_data) if data_via_link else real_data
+    out_parent = _symlink(tmp_path / "x" / "deep", tmp_path / "a" / "b" / "c") if out_via_link else tmp_path / "o"
+    layout = plan_layout(resolve_data(str(data)), str(data), str(out_parent / "out"))
+    prepare_output(layout)
+    for image in images:
+        rel = PurePosixPath(image.relative_to(real_data).as_posix())
+        link_image(layout, rel, data / rel)
+        link_image(layout, rel, data / rel)  # again: already there
+    links = sorted(p for p in (out_parent / "out" / "images").rglob("*") if p.is_symlink())
+    assert len(links) == 2
+    for link, image in zip(links, images, strict=True):
+        assert os.path.samefile(link, image), (link, os.readlink(link))
+        assert not os.path.isabs(os.readlink(link))  # still relative: the pair of trees can move together
+
+
+def test_a_dangling_link_of_earlier_versions_is_replaced(tmp_path: Path):
+    a = _touch(tmp_path / "imgs" / "a.jpg")
+    out = _symlink(tmp_path / "x" / "deep", tmp_path / "a" / "b" / "c") / "out"
+    layout = plan_layout(resolve_data(str(tmp_path / "imgs")), str(tmp_path / "imgs"), str(out))
+    prepare_output(layout)
+    link = out / "images" / "a.jpg"
+    link.parent.mkdir(parents=True)
+    os.symlink(os.path.relpath(a, link.parent), link)  # what earlier versions made: it dangles
+    assert not link.exists()
+    link_image(layout, PurePosixPath("a.jpg"), a)
+    assert os.path.samefile(link, a)
+
+
+def test_a_dangling_link_of_someone_else_is_refused(tmp_path: Path):
+    a = _touch(tmp_path / "imgs" / "a.jpg")
+    layout = plan_layout(resolve_data(str(tmp_path / "imgs")), str(tmp_path / "imgs"), str(tmp_path / "out"))
+    prepare_output(layout)
+    link = tmp_path / "out" / "images" / "a.jpg"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "elsewhere.jpg")
+    with pytest.raises(OutputError, match="exists and is not a link"):
+        link_image(layout, PurePosixPath("a.jpg"), a)
+    assert os.readlink(link) == str(tmp_path / "elsewhere.jpg")
+
+
+def test_data_through_a_symlink_into_an_images_tree_trains_in_place(tmp_path: Path):
+    _touch(tmp_path / "ds" / "images" / "train" / "a.jpg")
+    data = str(_symlink(tmp_path / "train-link", tmp_path / "ds" / "images" / "train"))
+    layout = plan_layout(resolve_data(data), data, str(tmp_path / "ds"))
+    # not OUT/images/a.jpg links written into the user's images folder
+    assert layout.link == "none" and layout.images_entry == "images/train"
+    assert layout.label_path(PurePosixPath("a.jpg")) == tmp_path / "ds/labels/train/a.txt"
+
+
+def test_output_dir_whose_images_folder_holds_the_data_is_refused(tmp_path: Path):
+    # the deepest "images" is the anchor, so OUT/images/<rel> links would land in the user's outer images folder
+    _touch(tmp_path / "ds" / "images" / "x" / "images" / "train" / "a.jpg")
+    data = str(tmp_path / "ds" / "images" / "x" / "images" / "train")
+    with pytest.raises(OutputError, match="among the images"):
+        plan_layout(resolve_data(data), data, str(tmp_path / "ds"))

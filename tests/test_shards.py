@@ -76,6 +76,11 @@ def test_shard_union_equals_full_run_and_merge(tmp_path: Path, yolo_weights: Pat
     assert (report["found"], report["missing"], report["labels"]) == ([0, 1, 2], [], 6)
     manifest = json.loads((sharded / "autoannotate.json").read_text())
     assert manifest["counts"]["images"] == 6 and len(manifest["labels"]) == 6
+    # the counts are the shards' summed, and labeled is the label files they wrote (ok + empty)
+    shard_counts = [json.loads((sharded / f"autoannotate.shard-{i}-of-3.json").read_text())["counts"] for i in range(3)]
+    summed = {key: sum(counts[key] for counts in shard_counts) for key in shard_counts[0]}
+    assert {k: v for k, v in manifest["counts"].items() if k != "labeled"} == summed
+    assert manifest["counts"]["labeled"] == summed["ok"] + summed["empty"] == len(tree(sharded)) == 6
     sidecar = (sharded / "instances.jsonl").read_text().splitlines()
     assert len(sidecar) == len((full / "instances.jsonl").read_text().splitlines())
 

@@ -301,7 +301,8 @@ def test_a_deleted_images_label_link_and_entry_go_and_are_counted(tmp_path: Path
     images[1].unlink()
     result = _run(data, out, models, "--val-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert _summary(result.stdout)["removed"] == 1 and "removed 1 label(s) whose image no longer exists" in result.stderr
+    assert _summary(result.stdout)["removed"] == 1
+    assert "removed 1 label(s) whose image no longer exists" in result.stderr
     assert sorted(_labels(out)) == ["labels/im00.txt", "labels/im02.txt"]
     assert not os.path.lexists(out / "images" / "im01.png")
     manifest = json.loads((out / "autoannotate.json").read_text())
@@ -352,3 +353,17 @@ def test_an_image_whose_name_has_a_line_break_fails_alone(tmp_path: Path, models
     assert len(failed) == 1 and "line break" in failed[0]["error"]
     listed = (out / "train.txt").read_text().splitlines() + (out / "val.txt").read_text().splitlines()
     assert sorted(listed) == ["./images/im00.png", "./images/im01.png"]
+
+
+def test_a_names_file_alias_bomb_is_one_short_line(tmp_path: Path):
+    from autoannotate.errors import ConfigError
+    from autoannotate.review.labels import read_names
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        bomb += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
+    path = tmp_path / "data.yaml"
+    path.write_text(bomb + "names: {0: *i}\n")  # 10**9 strings if printed whole
+    with pytest.raises(ConfigError) as caught:
+        read_names(path)
+    assert len(str(caught.value)) < 300 and "not a string" in str(caught.value)

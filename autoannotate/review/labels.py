@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import yaml
 
-from autoannotate.errors import ConfigError, InputError
+from autoannotate.errors import ConfigError, InputError, excerpt
 from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML
 from autoannotate.sources import iter_images, read_image_bgr, resolve_data
 
@@ -196,7 +196,10 @@ def read_names(data_yaml: Path) -> dict[int, str]:
         except (TypeError, ValueError):
             class_id = -1
         if class_id < 0 or isinstance(key, bool) or (isinstance(key, float) and not key.is_integer()):
-            raise ConfigError(f"names file {where!r}: class id {key!r} is not a non-negative integer")
+            raise ConfigError(f"names file {where!r}: class id {excerpt(key)} is not a non-negative integer")
+        # only scalars: a nested value (a YAML alias bomb, say) would become a string of any size
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"names file {where!r}: the name of class {class_id} is {excerpt(value)}, not a string")
         out[class_id] = str(value)
     return dict(sorted(out.items()))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -20,14 +21,21 @@ TEMP_PATTERN = re.compile(r"\.autoannotate-[A-Za-z0-9_]{8}\.tmp")
 
 
 def remove_stale_temps(root: Path) -> int:
-    """Delete the temporary files of ours (``TEMP_PATTERN``) below ``root``, not following symlinks; returns how
-    many. Only safe while no other run writes there (the caller holds the output dir's exclusive lock)."""
+    """Delete the temporary files of ours below ``root``: regular files whose whole name matches ``TEMP_PATTERN``.
+
+    Walks ``root`` recursively without following symlinks below it (``images/`` is full of links to the user's
+    images), never removes anything else, and ignores what cannot be read or removed. Returns how many it removed.
+    Only safe while no other run writes there (the caller holds the output dir's exclusive lock).
+    """
     removed = 0
     for directory, _subdirs, names in os.walk(root, followlinks=False):
         for name in names:
-            if TEMP_PATTERN.fullmatch(name):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(directory, name))
+            if not TEMP_PATTERN.fullmatch(name):
+                continue
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(path).st_mode):  # mkstemp makes plain files; a link so named is not ours
+                    os.unlink(path)
                     removed += 1
     return removed
 
