@@ -434,6 +434,10 @@ class AnnotationJob:
             files.update(self._write_dataset_files(dataset, changed))
             complete = True
         finally:
+            # Stop the engine first (its pools, or Ray's actors), so that no label lands after the last manifest.
+            close_engine = getattr(outcomes, "close", None)
+            if close_engine is not None:
+                close_engine()
             # The journal may hold writes whose outcomes were never consumed: keep it unless the run completed.
             try:
                 write_text_atomic(manifest_path, format_manifest(manifest("complete" if complete else "interrupted")))

@@ -162,11 +162,11 @@ class Annotator:
                 yield from pending.popleft().result()
             finished = True
         finally:
-            # Stopped early (Ctrl-C, SIGTERM, an error, the consumer gone): drop the batches not started yet instead
-            # of finishing every one in flight, so the process ends after the step running now. Their labels are
-            # simply not written; the journal tells a rerun what was.
+            # Stopped early (Ctrl-C, SIGTERM, an error, the consumer gone): drop the steps not started yet instead
+            # of finishing every batch in flight, and wait only for the steps running now (no thread outlives the
+            # run). The dropped images' labels are simply not written; the journal tells a rerun what was.
             for pool in (decode_pool, infer_pool, write_pool):
-                pool.shutdown(wait=finished, cancel_futures=not finished)
+                pool.shutdown(wait=True, cancel_futures=not finished)
 
     def _admit(self, source: ImageSource, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""

@@ -1,10 +1,13 @@
-"""--engine ray: same labels and events as the local engine on a local Ray with 2 CPU workers; resumes; and a
-one-line install hint when Ray is missing."""
+"""--engine ray: same labels and events as the local engine on a local Ray with 2 CPU workers, a corrupt image
+failing as it does there; resumes; leaves a Ray that its caller started running; and a one-line install hint when
+Ray is missing. (Real processes, a killed driver and Ray's own files: test_ray_kill.py.)"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,33 +54,41 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def local_ray():
+    """A Ray that the caller (this test) started, with 2 CPUs and its session files in a private dir."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    temp_dir = tempfile.mkdtemp(prefix="aa-t-", dir="/tmp")  # short: Ray's unix socket paths live below it
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", _temp_dir=temp_dir)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_engine_matches_local_engine(tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path, local_ray):
     data = tmp_path / "imgs"
     _images(data)
+    (data / "set1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")  # a failed image: exit 1
     started = time.perf_counter()
     local = _run(data, tmp_path / "local", yolo_weights, mobile_sam_weights)
     local_seconds = time.perf_counter() - started
-    assert local.exit_code == 0, local.output
+    assert local.exit_code == 1, local.output
     started = time.perf_counter()
     distributed = _run(
         data, tmp_path / "ray", yolo_weights, mobile_sam_weights, "--engine", "ray", "--ray-workers", "2"
     )
     ray_seconds = time.perf_counter() - started
-    assert distributed.exit_code == 0, distributed.output
+    assert distributed.exit_code == 1, distributed.output
+    assert local_ray.is_initialized()  # the caller's Ray: used, not shut down
     print(f"\nwall time, 4 images: local engine {local_seconds:.1f} s, ray engine (2 CPU workers) {ray_seconds:.1f} s")
     assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")  # byte for byte
     assert len(_tree(tmp_path / "local")) == 6
-    assert _events(distributed.stdout, tmp_path / "ray") == _events(local.stdout, tmp_path / "local")
+    events = _events(distributed.stdout, tmp_path / "ray")  # every stdout line is JSON
+    assert events == _events(local.stdout, tmp_path / "local")
+    assert [e["status"] for e in events if e["event"] == "image"].count("failed") == 1
     assert not list((tmp_path / "ray").glob("*.journal*"))  # folded into the manifest once complete
     # a rerun resumes: nothing left to do
     again = _run(data, tmp_path / "ray", yolo_weights, mobile_sam_weights, "--engine", "ray", "--ray-workers", "2")
-    assert json.loads(again.stdout.splitlines()[-1])["skipped"] == 4
+    summary = json.loads(again.stdout.splitlines()[-1])
+    assert (summary["skipped"], summary["failed"]) == (4, 1)
 
 
 def test_ray_missing_gives_install_hint(

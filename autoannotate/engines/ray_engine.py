@@ -6,17 +6,27 @@ them through ``map_batches`` with an actor pool, one loaded model pair per actor
 cluster is a shared filesystem. Outcomes come back to the driver in input order, so the ``--json`` events, the
 manifest and the labels are those of ``--engine local``. A killed worker leaves no partial label (atomic writes);
 a rerun resumes from the manifest and the journals as usual.
+
+Without ``--ray-address`` (and ``RAY_ADDRESS``) the run starts a local Ray of its own: as many CPUs as this process
+may use, its session files in a private temporary dir (not ``/tmp/ray``), shut down and removed when the run ends,
+interrupted or not. A Ray that the caller initialised, or a cluster, is used as it is and left running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
+import os
+import shutil
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from autoannotate.config import RunSettings
+from autoannotate.config import RAY_INSTALL_HINT, RunSettings
 from autoannotate.errors import ConfigError
 from autoannotate.layout import DatasetLayout
 from autoannotate.pipeline import ImageOutcome, claim
@@ -24,15 +34,13 @@ from autoannotate.quality import InstanceQuality
 from autoannotate.resume import Journal, PreviousRun
 from autoannotate.sources import ImageSource
 
-INSTALL_HINT = "--engine ray needs Ray: pip install 'autoannotate[ray]' (or pip install 'ray[data]')"
-
 
 def _import_ray() -> Any:
     try:
         import ray
         import ray.data
     except ImportError:
-        raise ConfigError(INSTALL_HINT) from None
+        raise ConfigError(RAY_INSTALL_HINT) from None
     return ray
 
 
@@ -87,7 +95,50 @@ def _from_record(record: dict[str, Any]) -> ImageOutcome:
         error=record.get("error"),
         resolution_wh=(int(wh[0]), int(wh[1])) if wh is not None else None,
         quality=tuple(InstanceQuality(**q) for q in record.get("quality") or ()),
+        label_sha256=record.get("label_sha256"),
     )
+
+
+# Ray's longest unix socket path is <root>/aa-ray-XXXXXXXX/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, 80
+# bytes after <root> with a 7-digit pid, and Linux allows 107: under a longer TMPDIR the private dir goes in /tmp.
+_MAX_RAY_TEMP_ROOT = 107 - 80
+
+
+def _available_cpus() -> int:
+    """The cores this process may run on (its affinity mask, as a container or ``taskset`` limits it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _connected(ray: Any, address: str | None) -> Iterator[None]:
+    """Ray for one run: the caller's, if initialised (left so); the cluster at ``address`` or ``RAY_ADDRESS``
+    (disconnected at the end); else a local Ray started here and shut down at the end, its temp dir removed."""
+    if ray.is_initialized():
+        yield
+        return
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    temp_dir: str | None = None
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        root = tempfile.gettempdir()
+        temp_dir = tempfile.mkdtemp(prefix="aa-ray-", dir=root if len(root) <= _MAX_RAY_TEMP_ROOT else "/tmp")
+        # "local": a Ray of this run's own, even where `ray start` left one running
+        options.update(num_cpus=_available_cpus(), _temp_dir=temp_dir)
+        address = "local"
+    try:
+        ray.init(address=address, **options)
+        yield
+    finally:
+        try:
+            if ray.is_initialized():
+                # wait (where Ray can: newer versions), so that no Ray process writes to the temp dir once removed
+                waits = "wait_for_processes" in inspect.signature(ray.shutdown).parameters
+                ray.shutdown(**({"wait_for_processes": True} if waits else {}))
+        finally:
+            if temp_dir is not None:
+                # session logs and sockets only; a file left behind by a slow Ray process must not fail the run
+                shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def run_on_ray(
@@ -98,10 +149,33 @@ def run_on_ray(
     images: Iterable[ImageSource],
     journal_name: str,
 ) -> Iterator[ImageOutcome]:
-    """Annotate ``images`` on Ray; yields one outcome per image, in input order."""
+    """Annotate ``images`` on Ray; yields one outcome per image, in input order.
+
+    Ray's driver prints cluster errors (``(raylet) Task ... failed``, in colour) to ``sys.stdout`` from a background
+    thread, even with ``log_to_driver=False``; stdout carries the ``--json`` events, so while Ray runs here,
+    ``sys.stdout`` is ``sys.stderr`` (the CLI writes its events to the stdout it held before the run).
+    """
     ray = _import_ray()
-    if not ray.is_initialized():
-        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    claimed: set[Path] = set()
+    rows = [
+        {"path": str(s.path), "rel": s.rel_path.as_posix(), "duplicate": claim(layout, s, claimed) or ""}
+        for s in images
+    ]
+    if not rows:
+        return
+    with contextlib.redirect_stdout(sys.stderr), _connected(ray, settings.ray_address):
+        yield from _annotate(ray, settings, layout, previous, fingerprint, rows, journal_name)
+
+
+def _annotate(
+    ray: Any,
+    settings: RunSettings,
+    layout: DatasetLayout,
+    previous: PreviousRun,
+    fingerprint: str,
+    rows: list[dict[str, str]],
+    journal_name: str,
+) -> Iterator[ImageOutcome]:
     resources = ray.cluster_resources()
     gpus = settings.ray_gpus_per_worker
     if settings.ray_workers:
@@ -111,13 +185,6 @@ def run_on_ray(
     else:
         workers = max(1, int(resources.get("CPU", 1)))
     cpus_per_worker = 1 if gpus > 0 else max(1, int(resources.get("CPU", 1)) // workers)
-    claimed: set[Path] = set()
-    rows = [
-        {"path": str(s.path), "rel": s.rel_path.as_posix(), "duplicate": claim(layout, s, claimed) or ""}
-        for s in images
-    ]
-    if not rows:
-        return
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # outcomes (and so --json events) in input order
     context.enable_progress_bars = False
@@ -133,7 +200,7 @@ def run_on_ray(
         },
         batch_size=settings.batch or 1,
         batch_format="default",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
         num_gpus=gpus,
     )
