@@ -1,0 +1,98 @@
+"""Box prompts from existing YOLO detection labels instead of a detector: a detection dataset becomes a
+segmentation dataset, class ids kept.
+
+Label files mirror the images (``<boxes_root>/<rel path>.txt``, suffix replaced) and hold ``class cx cy w h``
+normalised lines; polygon lines are accepted too (their bounding box is the prompt). An image without a label file
+is a negative sample (no boxes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from autoannotate.dataset.yolo_seg import iter_label_rows
+from autoannotate.errors import ConfigError, ImageError
+from autoannotate.prompts.yolo import Detections
+
+
+class LabelBoxes:
+    """A stand-in for ``Detector``: ``boxes`` reads each image's detection label file. Thread-safe (stateless)."""
+
+    weights_path = None
+
+    def __init__(self, boxes_root: Path, names: dict[int, str]) -> None:
+        if not boxes_root.is_dir():
+            raise ConfigError(f"--boxes-from {str(boxes_root)!r} is not a directory of YOLO detection labels")
+        self.boxes_root = boxes_root
+        self.names = names
+
+    def resolve_classes(self, classes: Sequence[str] | None) -> tuple[int, ...] | None:
+        if classes is None:
+            return None
+        by_name = {name.lower(): cid for cid, name in self.names.items()}
+        ids = []
+        for item in classes:
+            cid = int(item) if item.lstrip("-").isdigit() else by_name.get(item.lower())
+            if cid is None:
+                raise ConfigError(f"invalid --classes name {item!r}: not in --names")
+            ids.append(cid)
+        return tuple(dict.fromkeys(ids))
+
+    def boxes(
+        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
+    ) -> list[Detections]:
+        """Detections for each image from its label file, in that image's pixel frame (confidence 1)."""
+        out = []
+        for image, rel_path in zip(images_bgr, rel_paths, strict=True):
+            height, width = image.shape[:2]
+            out.append(self._read(self.boxes_root / rel_path.with_suffix(".txt"), (width, height), class_ids))
+        return out
+
+    def _read(self, path: Path, resolution_wh: tuple[int, int], class_ids: tuple[int, ...] | None) -> Detections:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            return Detections.empty()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ImageError(f"cannot read box labels {str(path)!r}: {err}") from None
+        width, height = resolution_wh
+        xyxy, cls = [], []
+        try:
+            rows = list(iter_label_rows(text))
+        except ValueError as err:
+            raise ImageError(f"{str(path)!r} {err}") from None
+        for number, class_id, coords in rows:
+            if len(coords) == 4:
+                cx, cy, w, h = coords
+                box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+            elif len(coords) >= 6 and len(coords) % 2 == 0:
+                points = np.array(coords).reshape(-1, 2)
+                box = [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
+            else:
+                raise ImageError(
+                    f"{str(path)!r} line {number}: expected 'class cx cy w h', got {len(coords) + 1} numbers"
+                )
+            if class_ids is not None and class_id not in class_ids:
+                continue
+            scaled = np.clip(np.array(box) * [width, height, width, height], 0, [width, height, width, height])
+            xyxy.append(scaled)
+            cls.append(class_id)
+        n = len(xyxy)
+        return Detections(np.array(xyxy, np.float32).reshape(n, 4), np.array(cls, np.int64), np.ones(n, np.float32))
+
+
+def names_from_boxes(boxes_root: Path) -> dict[int, str]:
+    """When no data.yaml is given: ``{id: "class<id>"}`` for ids 0..max seen in the label files."""
+    highest = -1
+    for path in boxes_root.rglob("*.txt"):
+        try:
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
+                first = line.split(maxsplit=1)[0] if line.strip() else ""
+                if first.isdigit():
+                    highest = max(highest, int(first))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return {i: f"class{i}" for i in range(highest + 1)}

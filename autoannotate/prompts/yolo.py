@@ -1,0 +1,265 @@
+"""The detector: any ultralytics detection or segmentation model, used for its boxes only.
+
+Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the package is testable without models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from autoannotate.assets import asset_url
+from autoannotate.errors import ConfigError, ModelError, logs_held, one_line
+from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
+
+_DETECTOR_TASKS = frozenset({"detect", "segment"})
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image, in that image's pixel frame.
+
+    ``xyxy``: (N, 4) float32, x1 y1 x2 y2 pixels; ``class_id``: (N,) int64; ``confidence``: (N,) float32.
+    """
+
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    confidence: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        if self.xyxy.shape != (n, 4) or self.class_id.shape != (n,) or self.confidence.shape != (n,):
+            raise ValueError(
+                f"inconsistent Detections shapes {self.xyxy.shape}, {self.class_id.shape}, {self.confidence.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.float32))
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """Detector options, ultralytics' ``auto_annotate`` defaults."""
+
+    conf: float = 0.25
+    iou: float = 0.45
+    imgsz: int = 640
+    max_det: int = 300
+    class_ids: tuple[int, ...] | None = None
+    half: bool = False  # fp16 on CUDA (ultralytics ignores it on CPU)
+
+
+def _resolve_detector_weights(name_or_path: str) -> str:
+    """A local file (or export directory) as is; an ultralytics asset name is left to ultralytics to download."""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if path.name == name_or_path and name_or_path in GITHUB_ASSETS_NAMES:
+        return name_or_path
+    raise ModelError(f"detector model {name_or_path!r} does not exist: pass --det-model PATH to a YOLO model file")
+
+
+# Files that are certainly no model (ultralytics would take an image for a video or image "source" and then fail
+# deep inside its backend with a TypeError): refused by name, before ultralytics is asked.
+_NOT_MODEL_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".txt", ".csv", ".json", ".mp4", ".avi"}
+)
+
+
+def _refuse_non_model_file(weights: str, source: str) -> None:
+    path = Path(source)
+    if path.suffix.lower() in _NOT_MODEL_SUFFIXES and path.is_file():
+        raise ModelError(
+            f"--det-model {weights!r} is a {path.suffix.lower()[1:]} file, not a model; pass a YOLO detection or"
+            " segmentation model (e.g. yolo11x.pt) with --det-model"
+        )
+
+
+class Detector:
+    """A loaded YOLO model with fixed settings. ``detect`` takes a batch of BGR images and returns their boxes."""
+
+    def __init__(
+        self,
+        model: object,
+        settings: DetectSettings,
+        device: torch.device,
+        weights_path: str | None = None,
+        names: dict[int, str] | None = None,
+    ) -> None:
+        self._model = model
+        self.settings = settings
+        self.device = device
+        self.weights_path = weights_path  # the local file that was loaded (after any download)
+        self._names = names  # read once at load: for an exported model, reading them loads its backend
+
+    @classmethod
+    def from_weights(cls, weights: str, device: torch.device, onednn: bool | None = None) -> Detector:
+        """Load ``weights`` (a path or ultralytics asset name). Raises ModelError with a one-line fix.
+
+        ``onednn``: on CPU, fuse the model's batch norms into its convolutions now (as ultralytics' predictor would on
+        its first call) and run its float32 convolutions through oneDNN; default: ``cpu_kernels.onednn_for`` decides
+        (x86-64 unless ``AUTOANNOTATE_CPU_KERNELS=default``). Ignored on other devices.
+        """
+        from ultralytics import YOLO
+
+        source = _resolve_detector_weights(weights)
+        _refuse_non_model_file(weights, source)
+        try:
+            with logs_held():  # a file that fails to load also logs a task-guess warning first: one line only
+                model = YOLO(source)
+                # Non-PyTorch formats (ONNX, TensorRT, ...) load lazily, on first use: reading the names loads them
+                # now, so a file that is no model fails here, as a ModelError, rather than as a bug later.
+                names = _class_names(model)
+        except (ConnectionError, TimeoutError) as err:
+            name = Path(weights).name
+            raise ModelError(
+                f"detector model {name!r} is not on this machine and could not be downloaded ({type(err).__name__});"
+                f" download {asset_url(name)} and pass --det-model /path/to/{name}"
+            ) from None
+        except Exception as err:  # ultralytics raises many types for a bad file; all mean "not a detector"
+            raise ModelError(
+                f"{weights!r} is not a loadable YOLO detector ({one_line(err, 100)});"
+                " pass a YOLO detection or segmentation model (.pt, or an export ultralytics loads) with --det-model"
+            ) from None
+        task = getattr(model, "task", None)
+        if task not in _DETECTOR_TASKS:
+            raise ModelError(
+                f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection or segmentation model"
+                " with --det-model"
+            )
+        if onednn_for(device, onednn):
+            _use_onednn(model)
+        loaded = getattr(model, "ckpt_path", None) or source
+        return cls(model, DetectSettings(), device, str(loaded), names)
+
+    def with_settings(self, settings: DetectSettings) -> Detector:
+        return Detector(self._model, settings, self.device, self.weights_path, self._names)
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class id -> name, as the model was trained (ids unchanged)."""
+        return dict(self._names) if self._names is not None else _class_names(self._model)
+
+    def resolve_classes(self, classes: Sequence[str] | None) -> tuple[int, ...] | None:
+        """``--classes`` entries (ids or names, any letter case for names) to class ids. Raises ConfigError."""
+        if classes is None:
+            return None
+        names = self.names
+        by_name = {name.lower(): cid for cid, name in names.items()}
+        ids: list[int] = []
+        for item in classes:
+            if item.lstrip("-").isdigit():
+                cid = int(item)
+                if cid not in names:
+                    raise ConfigError(f"invalid --classes id {cid}: the detector has ids 0..{max(names, default=-1)}")
+            elif item.lower() in by_name:
+                cid = by_name[item.lower()]
+            else:
+                sample = ", ".join(list(names.values())[:8])
+                raise ConfigError(f"invalid --classes name {item!r}: not a detector class (e.g. {sample})")
+            if cid not in ids:
+                ids.append(cid)
+        return tuple(ids)
+
+    def boxes(
+        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
+    ) -> list[Detections]:
+        """The pipeline's box source interface (``boxes_from.LabelBoxes`` is the other): run the detector.
+
+        ``rel_paths`` and ``class_ids`` are not needed here: the class filter is applied inside ultralytics' NMS.
+        """
+        return self.detect(images_bgr)
+
+    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """Boxes for each image (HxWx3 uint8 BGR), batched. Output aligned with the input.
+
+        Images are batched per shape: ultralytics letterboxes a batch of one shape with minimal padding and a mixed
+        batch to a full square, so grouping by shape keeps every image's boxes independent of what it was batched
+        with (and equal to a one-image call).
+        """
+        out: list[Detections | None] = [None] * len(images_bgr)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images_bgr):
+            groups.setdefault(tuple(image.shape), []).append(index)
+        for indices in groups.values():
+            for index, detections in zip(indices, self._predict([images_bgr[i] for i in indices]), strict=True):
+                out[index] = detections
+        return [d if d is not None else Detections.empty() for d in out]
+
+    def _predict(self, images_bgr: list[np.ndarray]) -> list[Detections]:
+        s = self.settings
+        threads = torch.get_num_threads()
+        results = self._model.predict(  # type: ignore[attr-defined]
+            images_bgr,
+            conf=s.conf,
+            iou=s.iou,
+            imgsz=s.imgsz,
+            max_det=s.max_det,
+            classes=list(s.class_ids) if s.class_ids is not None else None,
+            device=self.device,
+            batch=len(images_bgr),
+            verbose=False,
+            save=False,
+            **_precision_kwargs(s.half),
+        )
+        if torch.get_num_threads() != threads:  # ultralytics' predictor setup resets it; keep the caller's choice
+            torch.set_num_threads(threads)
+        out = []
+        for result in results:
+            boxes = result.boxes
+            if boxes is None or len(boxes) == 0:
+                out.append(Detections.empty())
+                continue
+            out.append(
+                Detections(
+                    xyxy=boxes.xyxy.detach().float().cpu().numpy().astype(np.float32),
+                    class_id=boxes.cls.detach().cpu().numpy().astype(np.int64),
+                    confidence=boxes.conf.detach().float().cpu().numpy().astype(np.float32),
+                )
+            )
+        return out
+
+
+def _class_names(model: object) -> dict[int, str]:
+    raw = getattr(model, "names", None) or {}
+    if isinstance(raw, list | tuple):
+        raw = dict(enumerate(raw))
+    return {int(k): str(v) for k, v in dict(raw).items()}
+
+
+def _use_onednn(yolo: object) -> None:
+    """Fuse batch norms into convolutions with ultralytics' own ``fuse`` (which its predictor runs on its first call
+    anyway, and skips when nothing is left to fuse) and route the fused float32 convolutions to oneDNN. The fusing
+    must come first: it replaces the convolutions with new plain ``nn.Conv2d`` modules. The predictor deep-copies the
+    model, which keeps the routed classes."""
+    network = getattr(yolo, "model", None)
+    fuse = getattr(network, "fuse", None)
+    if not isinstance(network, torch.nn.Module) or not callable(fuse):
+        return  # an exported model (ONNX, TensorRT, ...): no torch layers to route
+    try:
+        fuse(verbose=False)
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        # An architecture whose fuse() fails here would fail the same way in ultralytics' predictor, which reports
+        # it on the first image; without a fused model there is nothing stable to route, so leave it as it is.
+        return
+    use_onednn(network)
+
+
+def _precision_kwargs(half: bool) -> dict[str, object]:
+    """fp16 for ultralytics' predictor: ``quantize=16`` where it exists (``half`` is deprecated there), else
+    ``half=True``; nothing at all for fp32, so no deprecation warning is printed."""
+    if not half:
+        return {}
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
