@@ -25,7 +25,6 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRe
 from rich.table import Table
 
 from autoannotate import __version__
-from autoannotate.allocator import tune_host_allocator
 from autoannotate.cli_errors import EXIT_FAILED_IMAGES, EXIT_OK, run_guarded
 from autoannotate.config import (
     MAX_BATCH,
@@ -37,7 +36,8 @@ from autoannotate.config import (
     read_config_file,
 )
 from autoannotate.errors import ConfigError, Terminated, excerpt
-from autoannotate.sources import require_images
+from autoannotate.inputs.files import require_images
+from autoannotate.runtime.allocator import tune_host_allocator
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every image done; 1 some images failed (each reported, the rest done);"

@@ -18,15 +18,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from autoannotate import __version__
-from autoannotate.boxes_from import LabelBoxes, names_from_boxes
 from autoannotate.config import RunSettings, parse_shard
-from autoannotate.detect import Detector, DetectSettings
-from autoannotate.device import ComputePlan, apply_threads, plan_compute, select_device
+from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
 from autoannotate.errors import OutputError
-from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
+from autoannotate.inputs.files import ImageSource, SourceSpec, iter_images, resolve_data
 from autoannotate.lock import OutputLock, acquire_output_lock
 from autoannotate.pipeline import EDITED, EMPTY, FAILED, OK, SKIPPED, Annotator, BoxSource, ImageOutcome
 from autoannotate.polygons import PolygonMode, PolygonPolicy
+from autoannotate.prompts.labels import LabelBoxes, names_from_boxes
+from autoannotate.prompts.yolo import Detector, DetectSettings
 from autoannotate.resume import (
     SIDECAR_NAME,
     Journal,
@@ -39,8 +39,8 @@ from autoannotate.resume import (
     run_file_names,
     settings_fingerprint,
 )
-from autoannotate.segment import BoxSegmenter, default_batch_size, resolve_sam_weights
-from autoannotate.sources import ImageSource, SourceSpec, iter_images, resolve_data
+from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
+from autoannotate.segmenters.sam import BoxSegmenter, default_batch_size, resolve_sam_weights
 from autoannotate.writers import dataset_yaml
 from autoannotate.writers.atomic import TEMP_PATTERN, remove_stale_temps, write_bytes_atomic, write_text_atomic
 from autoannotate.writers.manifest import file_sha256, format_manifest
@@ -634,9 +634,9 @@ class AnnotationJob:
         return format_coco(build_coco(images, self.models.names))
 
     def _write_previews(self, dataset: list[_Done]) -> dict[str, str]:
+        from autoannotate.inputs.files import read_image_bgr
         from autoannotate.review.labels import read_label_file
         from autoannotate.review.preview import PreviewSample, write_previews
-        from autoannotate.sources import read_image_bgr
 
         assert self.models is not None
         # the N images with the smallest path hash: a deterministic sample, independent of the order of the run

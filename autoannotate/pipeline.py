@@ -19,17 +19,17 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from autoannotate.detect import Detections
+from autoannotate.dataset.layout import DatasetLayout, link_image
+from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line
 from autoannotate.errors import ImageError, OutputError, one_line
-from autoannotate.layout import DatasetLayout, link_image
+from autoannotate.inputs.files import ImageSource, read_image_bgr
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
+from autoannotate.prompts.yolo import Detections
 from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy, stability_score
 from autoannotate.resume import Journal, LabelEntry, PreviousRun, bytes_sha256, bytes_sha256_of, image_signature
-from autoannotate.segment import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
-from autoannotate.sources import ImageSource, read_image_bgr
+from autoannotate.segmenters.sam import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.sidecar import instance_rows
-from autoannotate.writers.yolo import format_label_file, format_polygon_line
 
 OK, EMPTY, FAILED, SKIPPED, EDITED = "ok", "empty", "failed", "skipped", "edited"
 # A full disk, a read-only file system, an exhausted quota: the run stops (exit 2) instead of failing every image.

@@ -49,13 +49,15 @@ from common import (
     write_synthetic_images,
 )
 
-from autoannotate.allocator import tune_host_allocator
-from autoannotate.detect import Detections
-from autoannotate.device import apply_threads, plan_compute, select_device
-from autoannotate.layout import plan_layout
+from autoannotate.dataset.layout import plan_layout
+from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line
+from autoannotate.inputs.files import iter_images, read_image_bgr, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
-from autoannotate.segment import (
+from autoannotate.prompts.yolo import Detections
+from autoannotate.runtime.allocator import tune_host_allocator
+from autoannotate.runtime.device import apply_threads, plan_compute, select_device
+from autoannotate.segmenters.sam import (
     SAM_IMAGE_SIZE,
     BoxSegmenter,
     SegmentationResult,
@@ -63,9 +65,7 @@ from autoannotate.segment import (
     postprocess_logits,
     prepare_image,
 )
-from autoannotate.sources import iter_images, read_image_bgr, resolve_data
 from autoannotate.writers.atomic import write_text_atomic
-from autoannotate.writers.yolo import format_label_file, format_polygon_line
 
 T = TypeVar("T")
 MEMORY_SIZES_WH = ((320, 240), (256, 256), (400, 300), (240, 320))
@@ -89,7 +89,7 @@ def fixed_boxes_xyxy(resolution_wh: tuple[int, int], count: int, seed: int = 0) 
 
 
 class FixedBoxDetector:
-    """Stands in for ``autoannotate.detect.Detector``: ``boxes_per_image`` deterministic boxes on every image.
+    """Stands in for ``autoannotate.prompts.yolo.Detector``: ``boxes_per_image`` deterministic boxes on every image.
 
     Offers both the pipeline's box-source method ``boxes`` and the detector's ``detect``.
     """

@@ -466,10 +466,10 @@ def sam_mask_agreement(inputs: Inputs, weights: StandinWeights, settings: Settin
     float32 and a half ``BoxSegmenter`` in this process; returns (mean IoU, min IoU, masks compared)."""
     import torch
 
-    from autoannotate.allocator import tune_host_allocator
-    from autoannotate.detect import Detector, DetectSettings
-    from autoannotate.segment import BoxSegmenter, prepare_image
-    from autoannotate.sources import read_image_bgr
+    from autoannotate.inputs.files import read_image_bgr
+    from autoannotate.prompts.yolo import Detector, DetectSettings
+    from autoannotate.runtime.allocator import tune_host_allocator
+    from autoannotate.segmenters.sam import BoxSegmenter, prepare_image
 
     tune_host_allocator()
     cpu = torch.device("cpu")

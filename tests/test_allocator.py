@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoannotate import cli
-from autoannotate.allocator import ENV_VAR, tune_host_allocator
+from autoannotate.runtime.allocator import ENV_VAR, tune_host_allocator
 
 
 def _is_glibc() -> bool:
@@ -28,7 +28,7 @@ def _is_glibc() -> bool:
 _FAULTS_SCRIPT = """
 import resource, sys
 import torch
-from autoannotate.allocator import tune_host_allocator
+from autoannotate.runtime.allocator import tune_host_allocator
 applied = tune_host_allocator() if sys.argv[1] == "tuned" else False
 torch.set_num_threads(1)
 torch.ones(16 * 1024 * 1024).sum()

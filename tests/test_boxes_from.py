@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
-from autoannotate.boxes_from import LabelBoxes, names_from_boxes
 from autoannotate.errors import ConfigError, ImageError
+from autoannotate.prompts.labels import LabelBoxes, names_from_boxes
 
 IMAGE = np.zeros((100, 200, 3), np.uint8)  # H 100, W 200
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from autoannotate.errors import ModelError
-from autoannotate.segment import load_sam
+from autoannotate.segmenters.sam import load_sam
 
 
 class _ShellPayload:

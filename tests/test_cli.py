@@ -16,7 +16,7 @@ from helpers import json_events, stand_in_model_args, synthetic_scene_bgr
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
-from autoannotate.writers.yolo import parse_label_file
+from autoannotate.dataset.yolo_seg import parse_label_file
 
 runner = CliRunner()
 

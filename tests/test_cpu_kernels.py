@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoannotate.cpu_kernels import (
+from autoannotate.runtime.cpu_kernels import (
     ENV_VAR,
     OneDnnConv2d,
     OneDnnLinear,
@@ -184,7 +184,7 @@ def test_only_cpu_models_are_routed_and_an_explicit_choice_wins(monkeypatch: pyt
 
 @pytest.mark.parametrize("onednn", [True, False])
 def test_segmenter_from_weights_routes_on_cpu_unless_told_not_to(mobile_sam_weights: Path, onednn: bool) -> None:
-    from autoannotate.segment import BoxSegmenter
+    from autoannotate.segmenters.sam import BoxSegmenter
 
     segmenter = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=onednn)
     kinds = [type(m) for m in segmenter.model.modules()]
@@ -193,7 +193,7 @@ def test_segmenter_from_weights_routes_on_cpu_unless_told_not_to(mobile_sam_weig
 
 
 def test_segmenter_follows_the_environment(mobile_sam_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoannotate.segment import BoxSegmenter
+    from autoannotate.segmenters.sam import BoxSegmenter
 
     monkeypatch.setenv(ENV_VAR, "default")
     segmenter = BoxSegmenter.from_weights(mobile_sam_weights, "cpu")
@@ -205,7 +205,7 @@ def test_detector_runs_its_fused_convolutions_on_onednn(
 ) -> None:
     """ultralytics' predictor deep-copies and fuses the model on its first call; the routed classes must survive
     that, every convolution of the network must take the route, and the boxes must equal the default kernels'."""
-    from autoannotate.detect import Detector, DetectSettings
+    from autoannotate.prompts.yolo import Detector, DetectSettings
 
     settings = DetectSettings(conf=1e-4, max_det=10)
     image_bgr = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
@@ -227,7 +227,7 @@ def test_detector_runs_its_fused_convolutions_on_onednn(
 def test_detector_routing_leaves_exported_and_unfusable_models_alone() -> None:
     from types import SimpleNamespace
 
-    from autoannotate.detect import _use_onednn
+    from autoannotate.prompts.yolo import _use_onednn
 
     _use_onednn(SimpleNamespace(model="yolo11n.onnx"))  # an exported model: its .model is not an nn.Module
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoannotate.detect import Detector, DetectSettings
 from autoannotate.errors import ConfigError, ModelError
+from autoannotate.prompts.yolo import Detector, DetectSettings
 
 
 class FakeYOLO:

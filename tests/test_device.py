@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoannotate.device import ComputePlan, available_cores, plan_compute, select_device
 from autoannotate.errors import ConfigError
+from autoannotate.runtime.device import ComputePlan, available_cores, plan_compute, select_device
 
 
 @pytest.mark.parametrize(

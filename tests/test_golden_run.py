@@ -115,9 +115,7 @@ def _outputs(out: Path, stdout: str, root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_golden_run_is_byte_identical(
-    case: str, tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path
-) -> None:
+def test_golden_run_is_byte_identical(case: str, tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path) -> None:
     root = tmp_path / "golden"
     images = _images(root)
     _box_labels(root, images)

@@ -32,17 +32,17 @@ from helpers import json_events, stand_in_model_args, synthetic_scene_bgr
 from PIL import Image
 from typer.testing import CliRunner
 
-import autoannotate.sources as sources
+import autoannotate.inputs.files as sources
 from autoannotate.cli import app
+from autoannotate.dataset.yolo_seg import parse_label_file
 from autoannotate.errors import ImageError
-from autoannotate.sources import (
+from autoannotate.inputs.files import (
     MAX_IMAGE_PIXELS,
     iter_images,
     peek_image_hw,
     read_image_bgr,
     resolve_data,
 )
-from autoannotate.writers.yolo import parse_label_file
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

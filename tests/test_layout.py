@@ -7,9 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from autoannotate.dataset.layout import link_image, plan_layout, prepare_output
 from autoannotate.errors import OutputError
-from autoannotate.layout import link_image, plan_layout, prepare_output
-from autoannotate.sources import resolve_data
+from autoannotate.inputs.files import resolve_data
 
 
 def _touch(path: Path) -> Path:

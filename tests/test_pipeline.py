@@ -10,14 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from autoannotate.detect import Detections
+from autoannotate.dataset.layout import plan_layout, prepare_output
+from autoannotate.dataset.yolo_seg import parse_label_file
 from autoannotate.errors import OutputError
-from autoannotate.layout import plan_layout, prepare_output
+from autoannotate.inputs.files import iter_images, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
-from autoannotate.segment import SegmentationResult
-from autoannotate.sources import iter_images, resolve_data
-from autoannotate.writers.yolo import parse_label_file
+from autoannotate.prompts.yolo import Detections
+from autoannotate.segmenters.sam import SegmentationResult
 
 
 class OutOfMemoryError(RuntimeError):

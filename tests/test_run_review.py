@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
+from autoannotate.dataset.yolo_seg import parse_label_file
 from autoannotate.polygons import polygons_to_mask
-from autoannotate.writers.yolo import parse_label_file
 
 runner = CliRunner()
 ROW_KEYS = {

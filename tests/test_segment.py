@@ -1,4 +1,4 @@
-"""Unit tests for ``autoannotate.segment``: weights resolution and recognition, errors, image preparation, and the
+"""Unit tests for ``segmenters.sam``: weights resolution and recognition, errors, image preparation, and the
 segmenter's contract (shapes, 1:1 box alignment, empty images). Parity with the reference is in
 ``test_segment_parity.py``. Nothing here touches the network: downloads are replaced by failing stand-ins."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from autoannotate import segment
 from autoannotate.errors import ModelError
-from autoannotate.segment import (
+from autoannotate.segmenters import sam as segment
+from autoannotate.segmenters.sam import (
     BoxSegmenter,
     PreparedImage,
     SegmentationResult,
@@ -489,7 +489,7 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
 
 def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
     """Above the memory budget masks are computed per box on demand; they must equal the batched ones."""
-    import autoannotate.segment as segment_module
+    import autoannotate.segmenters.sam as segment_module
 
     rng = np.random.default_rng(3)
     image = (rng.random((90, 140, 3)) * 255).astype(np.uint8)

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoannotate.cpu_kernels import OneDnnConv2d, OneDnnLinear
-from autoannotate.segment import BoxSegmenter, SegmentationResult, prepare_image
+from autoannotate.runtime.cpu_kernels import OneDnnConv2d, OneDnnLinear
+from autoannotate.segmenters.sam import BoxSegmenter, SegmentationResult, prepare_image
 
 LOGIT_TOLERANCE = 1e-4
 # A mask pixel may differ only where the reference's full-resolution logit is this close to the 0 threshold.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from autoannotate.errors import ImageError, InputError
-from autoannotate.sources import iter_images, read_image_bgr, resolve_data
+from autoannotate.inputs.files import iter_images, read_image_bgr, resolve_data
 
 
 def _img(path: Path, hw: tuple[int, int] = (6, 9)) -> Path:

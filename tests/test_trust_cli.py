@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from autoannotate.cli import app
 from autoannotate.config import MAX_IMGSZ, MAX_SHARDS, RunSettings, parse_shard
 from autoannotate.errors import ConfigError, excerpt
-from autoannotate.sources import iter_images, resolve_data
+from autoannotate.inputs.files import iter_images, resolve_data
 
 runner = CliRunner()
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line, parse_label_file
 from autoannotate.errors import OutputError
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.dataset_yaml import format_data_yaml, is_ours
 from autoannotate.writers.manifest import file_sha256
-from autoannotate.writers.yolo import format_label_file, format_polygon_line, parse_label_file
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_label_writer_reader_round_trip(width, height, class_id, data):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=50))
 def test_vectorised_formatting_equals_python_formatting(values):
-    from autoannotate.writers.yolo import format_unit_values
+    from autoannotate.dataset.yolo_seg import format_unit_values
 
     assert format_unit_values(np.array(values)) == " ".join(f"{v:.6f}" for v in values)
 
@@ -173,7 +173,7 @@ def test_vectorised_formatting_equals_python_formatting(values):
 @pytest.mark.parametrize("width", [1, 2, 3, 7, 640, 1920, 4000, 8192])
 def test_vectorised_formatting_on_every_pixel_centre(width):
     """Every value a label can hold for an image of this width (including exact rounding ties)."""
-    from autoannotate.writers.yolo import format_unit_values
+    from autoannotate.dataset.yolo_seg import format_unit_values
 
     values = (np.arange(width) + 0.5) / width
     assert format_unit_values(values) == " ".join(f"{v:.6f}" for v in values)

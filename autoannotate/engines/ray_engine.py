@@ -27,12 +27,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from autoannotate.config import RAY_INSTALL_HINT, RunSettings
+from autoannotate.dataset.layout import DatasetLayout
 from autoannotate.errors import ConfigError
-from autoannotate.layout import DatasetLayout
+from autoannotate.inputs.files import ImageSource
 from autoannotate.pipeline import ImageOutcome, claim
 from autoannotate.quality import InstanceQuality
 from autoannotate.resume import Journal, PreviousRun
-from autoannotate.sources import ImageSource
 
 
 def _import_ray() -> Any:
@@ -56,9 +56,9 @@ class _AnnotateActor:
         journal_name: str,
         torch_threads: int,
     ) -> None:
-        from autoannotate.allocator import tune_host_allocator
-        from autoannotate.device import ComputePlan, select_device
         from autoannotate.job import load_models, make_annotator
+        from autoannotate.runtime.allocator import tune_host_allocator
+        from autoannotate.runtime.device import ComputePlan, select_device
 
         tune_host_allocator()  # the actor's process is its own entry point
 

@@ -2,7 +2,7 @@
 
 Pairing follows ultralytics: the label of image ``<images_root>/a/b.jpg`` is ``<labels_root>/a/b.txt`` (suffix
 replaced, see ``DatasetLayout.label_path``). Parsing is per line, so that one bad line is reported with its number
-and the other lines of the file are still read; it accepts exactly what ``autoannotate.writers.yolo.parse_label_file``
+and the other lines of the file are still read; it accepts exactly what ``dataset.yolo_seg.parse_label_file``
 accepts, plus ultralytics' UTF-8 byte-order mark, and adds the checks ultralytics makes when it loads a label
 (coordinates in [0, 1], finite values).
 """
@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import yaml
 
+from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML
 from autoannotate.errors import ConfigError, InputError, excerpt
-from autoannotate.layout import DATA_YAML, FALLBACK_DATA_YAML
-from autoannotate.sources import iter_images, read_image_bgr, resolve_data
+from autoannotate.inputs.files import iter_images, read_image_bgr, resolve_data
 
 __all__ = [
     "LabelLine",
@@ -74,7 +74,7 @@ def iter_pairs(labels_root: Path, images_root: Path) -> Iterator[LabelPair]:
     """Pair every image under ``images_root`` with its label file under ``labels_root``.
 
     ``images_root`` is anything ``--data`` accepts (directory, image, ``.txt`` list, glob); images are found with
-    ``autoannotate.sources.iter_images``. Label files are the ``*.txt`` files below ``labels_root`` (recursive).
+    ``autoannotate.inputs.files.iter_images``. Label files are the ``*.txt`` files below ``labels_root`` (recursive).
     Yields, sorted by ``rel_stem`` then image path: matched pairs, images without a label file
     (``label_path`` None) and label files without an image (``image_path`` None). Two images that differ only in
     suffix (``a.jpg``, ``a.png``) share one label file, as in ultralytics: both pairs carry it.
@@ -225,7 +225,7 @@ def find_data_yaml(labels_root: Path) -> Path | None:
 
 
 def read_image_size_wh(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image as ``autoannotate.sources.read_image_bgr`` decodes it (EXIF applied).
+    """``(width, height)`` of an image as ``autoannotate.inputs.files.read_image_bgr`` decodes it (EXIF applied).
 
     The header is read with Pillow when the image carries no EXIF orientation (or the identity): then the stored
     size is the decoded size. Otherwise, or when Pillow cannot tell, the image is decoded with OpenCV, so the answer

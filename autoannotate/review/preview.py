@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from autoannotate.errors import OutputError
+from autoannotate.inputs.files import read_image_bgr
 from autoannotate.polygons import polygon_to_mask
 from autoannotate.review.labels import LabelPair, LineProblem, read_label_file
-from autoannotate.sources import read_image_bgr
 from autoannotate.writers.atomic import write_bytes_atomic
 
 __all__ = [
