@@ -1,0 +1,151 @@
+"""The values that flow between the stages, free of torch: boxes (``Detections``), masks (``Masks``), and what
+happened to one image (``ImageOutcome``, with ``Status``).
+
+Every stage speaks these: a prompt source returns ``Detections``, a segmenter returns ``Masks`` 1:1 with the boxes,
+the pipeline returns ``ImageOutcome``. Importing this module never imports torch or ultralytics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from autoannotate.quality import InstanceQuality
+
+
+class Status(StrEnum):
+    """What a run did with one image (the ``status`` of its ``--json`` event and of its manifest entry)."""
+
+    OK = "ok"  # at least one instance written
+    EMPTY = "empty"  # an empty label file written (a negative sample)
+    FAILED = "failed"  # nothing written; ``error`` says why
+    SKIPPED = "skipped"  # done by an earlier run with the same settings, image unchanged
+    EDITED = "edited"  # a label autoannotate wrote and a person changed since: kept as it is
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Box prompts of one image, in that image's pixel frame.
+
+    ``xyxy``: (N, 4) float32, x1 y1 x2 y2 pixels; ``class_id``: (N,) int64; ``confidence``: (N,) float32.
+    """
+
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    confidence: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.xyxy)
+        if self.xyxy.shape != (n, 4) or self.class_id.shape != (n,) or self.confidence.shape != (n,):
+            raise ValueError(
+                f"inconsistent Detections shapes {self.xyxy.shape}, {self.class_id.shape}, {self.confidence.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.float32))
+
+
+@dataclass(frozen=True)
+class Masks:
+    """Masks of one image, aligned 1:1 and in order with the boxes that prompted them.
+
+    ``scores``: (N,) float32, the segmenter's predicted IoU of each mask; ``stability``: (N,) float32, SAM's
+    stability score (IoU of the mask thresholded at +-1 around its threshold) or NaN where a segmenter has none;
+    ``original_hw``: the image's ``(H, W)``, the frame of the boxes and the masks.
+
+    The full-size masks are either held (``held``: (N, H, W) bool) or computed one at a time by ``render(i)``, so that
+    a huge image with many boxes never holds all of them at once.
+    """
+
+    scores: np.ndarray
+    stability: np.ndarray
+    original_hw: tuple[int, int]
+    held: np.ndarray | None = None
+    render: Callable[[int], np.ndarray] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.scores.shape != (n,) or self.stability.shape != (n,):
+            raise ValueError(f"inconsistent Masks shapes {self.scores.shape}, {self.stability.shape}")
+        if self.held is None and self.render is None and n:
+            raise ValueError("Masks needs the masks held or a render function")
+        if self.held is not None and self.held.shape != (n, *self.original_hw):
+            raise ValueError(f"held masks have shape {self.held.shape}, expected {(n, *self.original_hw)}")
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def mask(self, index: int) -> np.ndarray:
+        """``(H, W)`` bool mask of box ``index``."""
+        if self.held is not None:
+            return self.held[index]
+        assert self.render is not None  # checked in __post_init__
+        return self.render(index)
+
+    @classmethod
+    def empty(cls, original_hw: tuple[int, int]) -> Masks:
+        """No boxes, no masks."""
+        return cls(
+            np.zeros((0,), np.float32), np.zeros((0,), np.float32), original_hw, np.zeros((0, *original_hw), bool)
+        )
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one input item. ``label_path`` is set whenever a label file was written (or kept).
+
+    ``rel_path``: the item's key, its path relative to the input root (POSIX), which the dataset mirrors;
+    ``origin``: where it was read from, as the user named it (the ``path`` of its ``--json`` event).
+    """
+
+    rel_path: PurePosixPath
+    origin: str
+    status: Status
+    label_path: Path | None = None
+    instances: int = 0
+    detections: int = 0
+    empty_masks: int = 0  # detections whose mask (after --min-area) had no polygon: no line written
+    dropped: int = 0  # detections dropped by --min-mask-score: no line written
+    error: str | None = None
+    resolution_wh: tuple[int, int] | None = None
+    quality: tuple[InstanceQuality, ...] = ()  # one per detection, in detection order
+    label_sha256: str | None = None  # of the label file's bytes, when this run wrote it
+    label_text: str | None = field(default=None, repr=False)  # the label file's text, when this run wrote it
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (plain types only): what a distributed worker sends back to the driver."""
+        out = asdict(self)
+        out["rel_path"] = self.rel_path.as_posix()
+        out["status"] = str(self.status)
+        out["label_path"] = str(self.label_path) if self.label_path is not None else None
+        out["resolution_wh"] = list(self.resolution_wh) if self.resolution_wh is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageOutcome:
+        """The inverse of ``to_dict``."""
+        wh = data.get("resolution_wh")
+        return cls(
+            rel_path=PurePosixPath(data["rel_path"]),
+            origin=str(data["origin"]),
+            status=Status(data["status"]),
+            label_path=Path(data["label_path"]) if data.get("label_path") else None,
+            instances=int(data["instances"]),
+            detections=int(data["detections"]),
+            empty_masks=int(data["empty_masks"]),
+            dropped=int(data["dropped"]),
+            error=data.get("error"),
+            resolution_wh=(int(wh[0]), int(wh[1])) if wh is not None else None,
+            quality=tuple(InstanceQuality(**q) for q in data.get("quality") or ()),
+            label_sha256=data.get("label_sha256"),
+            label_text=data.get("label_text"),
+        )
