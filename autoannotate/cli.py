@@ -36,7 +36,7 @@ from autoannotate.config import (
     read_config_file,
 )
 from autoannotate.errors import ConfigError, Terminated, excerpt
-from autoannotate.inputs.files import require_images
+from autoannotate.inputs.listing import require_images
 from autoannotate.runtime.allocator import tune_host_allocator
 
 EXIT_CODES_HELP = (

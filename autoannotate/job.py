@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
@@ -20,13 +20,13 @@ from typing import Any, TextIO
 from autoannotate import __version__
 from autoannotate.config import RunSettings, parse_shard
 from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
+from autoannotate.engines import EngineRun, engine_entry
 from autoannotate.errors import OutputError
-from autoannotate.inputs.files import ImageSource, SourceSpec, iter_images, resolve_data
+from autoannotate.finalize import DatasetEntry, coco_text, split_lists, write_preview_files
+from autoannotate.inputs import InputItem, kind_for
+from autoannotate.inputs.listing import SourceSpec, iter_items, resolve_data
 from autoannotate.lock import OutputLock, acquire_output_lock
-from autoannotate.pipeline import EDITED, EMPTY, FAILED, OK, SKIPPED, Annotator, BoxSource, ImageOutcome
-from autoannotate.polygons import PolygonMode, PolygonPolicy
-from autoannotate.prompts.labels import LabelBoxes, names_from_boxes
-from autoannotate.prompts.yolo import Detector, DetectSettings
+from autoannotate.models import Models, load_models
 from autoannotate.resume import (
     SIDECAR_NAME,
     Journal,
@@ -34,16 +34,14 @@ from autoannotate.resume import (
     PreviousRun,
     bytes_sha256,
     bytes_sha256_of,
-    image_signature,
     load_previous,
     run_file_names,
     settings_fingerprint,
 )
-from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
-from autoannotate.segmenters.sam import BoxSegmenter, default_batch_size, resolve_sam_weights
+from autoannotate.types import ImageOutcome, Status
 from autoannotate.writers import dataset_yaml
 from autoannotate.writers.atomic import TEMP_PATTERN, remove_stale_temps, write_bytes_atomic, write_text_atomic
-from autoannotate.writers.manifest import file_sha256, format_manifest
+from autoannotate.writers.manifest import format_manifest
 from autoannotate.writers.sidecar import format_rows, instance_rows, score_summary
 
 CHECKPOINT_SECONDS = 30.0
@@ -78,28 +76,6 @@ class Summary:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class LoadedModels:
-    boxes: BoxSource  # the detector, or the label files of --boxes-from
-    names: dict[int, str]
-    segmenter: BoxSegmenter
-    batch: int
-    plan: ComputePlan
-    model_records: dict[str, Any]
-    class_ids: tuple[int, ...] | None
-
-
-@dataclass
-class _Done:
-    """What the whole-dataset files need of each image with a label (written now, skipped, or from earlier runs)."""
-
-    image: Path
-    rel_path: PurePosixPath
-    label_key: str
-    resolution_wh: tuple[int, int] | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-
 def in_shard(rel_path: PurePosixPath, shard: tuple[int, int] | None) -> bool:
     """Whether an image belongs to shard ``(I, N)``: a hash of its path relative to ``--data``, so the partition is
     stable when other files are added or removed, and every image is in exactly one shard."""
@@ -114,73 +90,6 @@ def in_shard(rel_path: PurePosixPath, shard: tuple[int, int] | None) -> bool:
     return int.from_bytes(digest[:8], "big") % count == index
 
 
-def in_val(rel_path: PurePosixPath, fraction: float) -> bool:
-    """Deterministic train/val split by path (independent of the shard hash)."""
-    digest = hashlib.sha1(b"val:" + rel_path.as_posix().encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> LoadedModels:
-    """Pick the device, load the box source and MobileSAM, resolve ``--classes``, size torch's thread pool.
-
-    ``plan`` overrides the device's default compute plan (a distributed worker owns only some cores).
-    """
-    s = settings
-    device = select_device(s.device)
-    plan = plan or plan_compute(device)
-    boxes: BoxSource
-    if s.boxes_from is not None:
-        from autoannotate.review.labels import find_data_yaml, read_names
-
-        boxes_root = Path(s.boxes_from).expanduser()
-        names_file = Path(s.names).expanduser() if s.names else find_data_yaml(boxes_root)
-        names = read_names(names_file) if names_file is not None else names_from_boxes(boxes_root)
-        label_boxes = LabelBoxes(boxes_root, names)
-        class_ids = label_boxes.resolve_classes(s.classes)
-        boxes, det_path = label_boxes, None
-    else:
-        detector = Detector.from_weights(s.det_model, device)
-        names = detector.names
-        class_ids = detector.resolve_classes(s.classes)
-        boxes = detector.with_settings(
-            DetectSettings(conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids, half=s.half)
-        )
-        det_path = detector.weights_path
-    sam_weights = resolve_sam_weights(s.sam_model)
-    segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
-    batch = s.batch or default_batch_size(device)
-    apply_threads(plan)
-    records = _model_records(s, det_path, sam_weights, segmenter.variant or "unknown")
-    return LoadedModels(boxes, names, segmenter, batch, plan, records, class_ids)
-
-
-def make_annotator(
-    settings: RunSettings,
-    models: LoadedModels,
-    layout: DatasetLayout,
-    previous: PreviousRun,
-    fingerprint: str,
-    journal: Journal | None,
-) -> Annotator:
-    """The pipeline for these settings and models (the local engine's, or one distributed worker's)."""
-    s = settings
-    return Annotator(
-        models.boxes,
-        models.segmenter,
-        PolygonPolicy(PolygonMode(s.polygon), tolerance_px=s.tolerance, min_area_px=s.min_area),
-        layout,
-        batch=models.batch,
-        infer_workers=models.plan.infer_workers,
-        overwrite=s.overwrite,
-        previous=previous,
-        fingerprint=fingerprint,
-        journal=journal,
-        min_mask_score=s.min_mask_score,
-        class_names=models.names,
-        class_ids=models.class_ids,
-    )
-
-
 class AnnotationJob:
     """Construct (cheap, validates inputs and outputs), ``load()`` the models, then iterate ``run()``; ``close()``
     (or use it as a context manager) releases the output dir's lock.
@@ -191,11 +100,11 @@ class AnnotationJob:
 
     def __init__(self, settings: RunSettings, stdin: TextIO | None = None) -> None:
         self.settings = settings
-        self.shard = parse_shard(settings.shard) if settings.shard else None
-        self.spec: SourceSpec = resolve_data(settings.data, stdin)
-        self.layout: DatasetLayout = plan_layout(self.spec, settings.data, settings.output_dir)
+        self.shard = parse_shard(settings.inputs.shard) if settings.inputs.shard else None
+        self.spec: SourceSpec = resolve_data(settings.inputs.data, stdin)
+        self.layout: DatasetLayout = plan_layout(self.spec, settings.inputs.data, settings.output.output_dir)
         refuse_overwriting_inputs(settings, self.layout)
-        self.models: LoadedModels | None = None
+        self.models: Models | None = None
         self.data_yaml_path: Path = self.layout.output_dir / DATA_YAML
         self.notices: list[str] = []  # one-line warnings for the user (e.g. data.yaml written under another name)
         self.files = run_file_names(self.shard)
@@ -215,9 +124,9 @@ class AnnotationJob:
             self._lock.release()
             self._lock = None
 
-    def images(self) -> Iterator[ImageSource]:
-        """The images of this run (this shard's, with ``--shard``), streaming."""
-        return (source for source in iter_images(self.spec) if in_shard(source.rel_path, self.shard))
+    def images(self) -> Iterator[InputItem]:
+        """The input items of this run (this shard's, with ``--shard``), streaming."""
+        return (item for item in iter_items(self.spec) if in_shard(item.rel_path, self.shard))
 
     def acquire(self) -> None:
         """Create the output dir and lock it for this run (or shard); a whole run also removes the temporary files
@@ -240,7 +149,7 @@ class AnnotationJob:
                 if tree.is_dir():
                     remove_stale_temps(tree)
 
-    def load(self) -> LoadedModels:
+    def load(self) -> Models:
         """Lock the output dir, pick the device, load the models, resolve ``--classes``. Raises ModelError,
         ConfigError, OutputError."""
         self.acquire()
@@ -251,22 +160,16 @@ class AnnotationJob:
         """Everything that decides label contents: a change re-annotates images on resume."""
         assert self.models is not None
         s = self.settings
-        records = self.models.model_records
+        records = self.models.records
+        class_ids = self.models.class_ids
         return {
             "version": __version__,
             "det_model_sha256": records["detector"].get("sha256"),
-            "boxes_from": str(Path(s.boxes_from).resolve()) if s.boxes_from else None,
             "sam_model_sha256": records["segmenter"].get("sha256"),
-            "conf": s.conf,
-            "iou": s.iou,
-            "imgsz": s.imgsz,
-            "max_det": s.max_det,
-            "classes": list(self.models.class_ids) if self.models.class_ids is not None else None,
-            "tolerance": s.tolerance,
-            "min_area": s.min_area,
-            "polygon": s.polygon,
-            "half": s.half,
-            "min_mask_score": s.min_mask_score,
+            **s.label_values(),
+            # resolved: the same labels whatever the spelling (a relative path, class names or ids)
+            "boxes_from": str(Path(s.prompts.boxes_from).resolve()) if s.prompts.boxes_from else None,
+            "classes": list(class_ids) if class_ids is not None else None,
         }
 
     def begin(self) -> PreviousRun:
@@ -284,9 +187,10 @@ class AnnotationJob:
         self._check_run_outputs(previous)
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)
-        if previous.entries and previous.fingerprint not in (None, fingerprint) and not self.settings.overwrite:
+        if previous.entries and previous.fingerprint not in (None, fingerprint) and not self.settings.output.overwrite:
             self.notices.append(_changed_settings_notice(previous.settings, label_settings))
-        if self.shard is not None and (self.settings.coco or self.settings.preview or self.settings.val_fraction):
+        o = self.settings.output
+        if self.shard is not None and (o.coco or o.preview or o.val_fraction):
             self.notices.append(
                 "--coco, --preview and --val-fraction cover the whole dataset, so a shard does not write them: once"
                 " every shard is done, rerun the same command without --shard (it skips every annotated image)"
@@ -299,13 +203,13 @@ class AnnotationJob:
         """The files (relative to the output dir) this run writes besides labels and links, data.yaml aside."""
         names = [self.files.sidecar]
         if self.shard is None:
-            s = self.settings
-            if s.val_fraction > 0:
+            o = self.settings.output
+            if o.val_fraction > 0:
                 names += [TRAIN_LIST, VAL_LIST]
-            if s.coco:
+            if o.coco:
                 names.append(COCO_NAME)
             previews = self.layout.output_dir / PREVIEWS_DIR
-            if s.preview and previews.is_dir():  # which previews a run writes depends on the sample: check them all
+            if o.preview and previews.is_dir():  # which previews a run writes depends on the sample: check them all
                 out = self.layout.output_dir
                 names += sorted(p.relative_to(out).as_posix() for p in previews.rglob("*") if not p.is_dir())
         return names
@@ -313,7 +217,7 @@ class AnnotationJob:
     def _check_run_outputs(self, previous: PreviousRun) -> None:
         """Refuse, before any image, a run that would replace a file autoannotate did not write (or that a person
         changed since), unless ``--overwrite``: the same rule as for labels and data.yaml."""
-        if self.settings.overwrite:
+        if self.settings.output.overwrite:
             return
         out = self.layout.output_dir
         theirs = []
@@ -353,11 +257,11 @@ class AnnotationJob:
         out = self.layout.output_dir
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)
-        entries: dict[str, LabelEntry] = {} if s.overwrite else dict(previous.entries)
+        entries: dict[str, LabelEntry] = {} if s.output.overwrite else dict(previous.entries)
         owned = set(previous.owned)
-        counts = dict.fromkeys(("images", OK, EMPTY, FAILED, SKIPPED, EDITED, "instances", "empty_masks"), 0)
+        counts = dict.fromkeys(("images", *Status, "instances", "empty_masks"), 0)
         counts["dropped"] = 0
-        done: dict[str, _Done] = {}  # by label key, this run's
+        done: dict[str, DatasetEntry] = {}  # by label key, this run's
         files: dict[str, str] = {}  # whole-dataset files and their sha256, for the manifest
 
         def manifest(state: str) -> dict[str, Any]:
@@ -366,7 +270,7 @@ class AnnotationJob:
                 "version": __version__,
                 "state": state,
                 "started_at": started_at,
-                "shard": s.shard,
+                "shard": s.inputs.shard,
                 "settings": s.to_dict(),
                 "label_settings": label_settings,
                 "fingerprint": fingerprint,
@@ -374,7 +278,7 @@ class AnnotationJob:
                 "batch": models.batch,
                 "infer_workers": models.plan.infer_workers,
                 "torch_threads": models.plan.torch_threads,
-                "models": models.model_records,
+                "models": models.records,
                 "data_yaml": str(self.data_yaml_path),
                 "counts": dict(counts),
                 "seconds": round(time.perf_counter() - started, 3),
@@ -387,12 +291,10 @@ class AnnotationJob:
         manifest_path = out / self.files.manifest
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
-        if s.engine == "ray":
-            from autoannotate.engines.ray_engine import run_on_ray
-
-            outcomes = run_on_ray(s, self.layout, previous, fingerprint, self.images(), self.files.journal)
-        else:
-            outcomes = make_annotator(s, models, self.layout, previous, fingerprint, journal).run(self.images())
+        engine = engine_entry(s.engine.engine)
+        outcomes = engine.run(
+            EngineRun(s, self.layout, previous, fingerprint, self.images(), models, journal, self.files.journal)
+        )
         complete = False
         last_checkpoint = time.monotonic()
         removed = 0
@@ -406,12 +308,12 @@ class AnnotationJob:
                 if outcome.label_path is not None:
                     key = outcome.label_path.relative_to(out).as_posix()
                     rows: list[dict[str, Any]] = []
-                    if outcome.status == SKIPPED:
+                    if outcome.status == Status.SKIPPED:
                         rows = previous.rows.get(key, [])
-                    elif outcome.status != EDITED:  # a person's label: its old rows describe another label
-                        signature = image_signature(outcome.source.path) or (0, 0)
+                    elif outcome.status != Status.EDITED:  # a person's label: its old rows describe another label
+                        signature = outcome.signature or (0, 0)
                         entries[key] = LabelEntry(
-                            str(outcome.source.path),
+                            outcome.origin,
                             outcome.status,
                             outcome.instances,
                             fingerprint,
@@ -419,8 +321,9 @@ class AnnotationJob:
                             outcome.label_sha256,
                         )
                         owned.add(key)
-                        rows = instance_rows(str(outcome.source.path), key, outcome.quality, models.names)
-                    done[key] = _Done(outcome.source.path, outcome.source.rel_path, key, outcome.resolution_wh, rows)
+                        rows = instance_rows(outcome.origin, key, outcome.quality, models.names)
+                    item = kind_for(Path(outcome.origin)).item(Path(outcome.origin), outcome.rel_path)
+                    done[key] = DatasetEntry(item, key, outcome.resolution_wh, rows, outcome.label_text)
                 yield outcome
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                     write_text_atomic(manifest_path, format_manifest(manifest("running")))
@@ -430,7 +333,7 @@ class AnnotationJob:
                 removed = self._forget_vanished(previous, entries, owned, done)
                 dataset += self._untouched(previous, entries, done)
                 dataset.sort(key=lambda d: d.label_key)
-            changed = removed > 0 or any(counts[k] for k in (OK, EMPTY))
+            changed = removed > 0 or any(counts[k] for k in (Status.OK, Status.EMPTY))
             files.update(self._write_dataset_files(dataset, changed))
             complete = True
         finally:
@@ -461,11 +364,11 @@ class AnnotationJob:
         ]
         self._summary = Summary(
             images=counts["images"],
-            labeled=counts[OK] + counts[EMPTY],
+            labeled=counts[Status.OK] + counts[Status.EMPTY],
             instances=counts["instances"],
-            failed=counts[FAILED],
-            skipped=counts[SKIPPED],
-            edited=counts[EDITED],
+            failed=counts[Status.FAILED],
+            skipped=counts[Status.SKIPPED],
+            edited=counts[Status.EDITED],
             removed=removed,
             other_settings=len(other_settings) if self.shard is None else 0,
             empty_masks=counts["empty_masks"],
@@ -475,8 +378,8 @@ class AnnotationJob:
             seconds=round(seconds, 3),
             images_per_s=round(counts["images"] / seconds, 3) if seconds > 0 else 0.0,
             sam_iou=score_summary(scores),
-            coco_json=str(out / COCO_NAME) if COCO_NAME in files and self.settings.coco else None,
-            previews=str(out / PREVIEWS_DIR) if self.settings.preview and self.shard is None else None,
+            coco_json=str(out / COCO_NAME) if COCO_NAME in files and s.output.coco else None,
+            previews=str(out / PREVIEWS_DIR) if s.output.preview and self.shard is None else None,
         )
 
     @property
@@ -497,14 +400,14 @@ class AnnotationJob:
         return kept
 
     def _forget_vanished(
-        self, previous: PreviousRun, entries: dict[str, LabelEntry], owned: set[str], done: dict[str, _Done]
+        self, previous: PreviousRun, entries: dict[str, LabelEntry], owned: set[str], done: dict[str, DatasetEntry]
     ) -> int:
         """Labels of ours whose image is gone: remove the label (unless a person edited it), its image link and its
         manifest entry. Returns how many were removed. Only a whole run does this (it alone holds the dir)."""
         out = self.layout.output_dir
         removed = 0
         for key, entry in sorted(entries.items()):
-            if key in done or os.path.lexists(entry.image):
+            if key in done or os.path.lexists(entry.image):  # the item's origin (an image file) is still there
                 continue
             label = out / key
             digest = bytes_sha256_of(label) if label.is_file() else None
@@ -525,7 +428,9 @@ class AnnotationJob:
             self.notices.append(f"removed {removed} label(s) whose image no longer exists")
         return removed
 
-    def _untouched(self, previous: PreviousRun, entries: dict[str, LabelEntry], done: dict[str, _Done]) -> list[_Done]:
+    def _untouched(
+        self, previous: PreviousRun, entries: dict[str, LabelEntry], done: dict[str, DatasetEntry]
+    ) -> list[DatasetEntry]:
         """Labels of earlier runs that this run did not list (a subset rerun): still part of the dataset."""
         out = self.layout.output_dir
         rest = []
@@ -538,7 +443,7 @@ class AnnotationJob:
             rows = previous.rows.get(key, [])
             if entry.sha256 is not None and bytes_sha256_of(out / key) != entry.sha256:
                 rows = []  # edited by a person since
-            rest.append(_Done(Path(entry.image), rel_path, key, None, rows))
+            rest.append(DatasetEntry(kind_for(Path(entry.image)).item(Path(entry.image), rel_path), key, None, rows))
         return rest
 
     def _rel_path_of(self, key: str, entry: LabelEntry) -> PurePosixPath | None:
@@ -550,12 +455,12 @@ class AnnotationJob:
             return None
         return PurePosixPath(stem.as_posix() + Path(entry.image).suffix)
 
-    def _write_dataset_files(self, dataset: list[_Done], changed: bool) -> dict[str, str]:
+    def _write_dataset_files(self, dataset: list[DatasetEntry], changed: bool) -> dict[str, str]:
         """The sidecar, and for a whole run the train/val lists, COCO and previews over ``dataset``; ours that this
         run does not write are removed when the dataset changed, so none describes another set of labels.
         Returns each written file's sha256."""
         out = self.layout.output_dir
-        s = self.settings
+        s = self.settings.output
         written: dict[str, str] = {}
 
         def put(rel: str, data: bytes) -> None:
@@ -568,18 +473,20 @@ class AnnotationJob:
         previous = self._previous
         assert previous is not None
         if s.val_fraction > 0:
-            train, val = self._split(dataset)
+            train, val = split_lists(dataset, self.layout, s.val_fraction)
+            if not val:
+                self.notices.append(f"--val-fraction {s.val_fraction} put no image in val.txt")
             put(TRAIN_LIST, train.encode("utf-8"))
             put(VAL_LIST, val.encode("utf-8"))
         else:
             self._remove_ours([TRAIN_LIST, VAL_LIST], previous)  # data.yaml no longer points at them
         if s.coco:
-            put(COCO_NAME, self._coco(dataset).encode("utf-8"))
+            put(COCO_NAME, coco_text(dataset, self.layout, self._names()).encode("utf-8"))
         elif changed:
             self._remove_ours([COCO_NAME], previous)
         preview_files = sorted(rel for rel in previous.files if rel.startswith(PREVIEWS_DIR + "/"))
         if s.preview:
-            written.update(self._write_previews(dataset))
+            written.update(write_preview_files(dataset, self.layout, self._names(), s.preview, out / PREVIEWS_DIR))
             self._remove_ours([rel for rel in preview_files if rel not in written], previous)
         elif changed:
             self._remove_ours(preview_files, previous)
@@ -600,83 +507,20 @@ class AnnotationJob:
                 " described this dataset (ask for it again to rebuild it)"
             )
 
-    def _images_path(self, item: _Done) -> str:
-        """The image's path as ultralytics will list it (under ``/images/``), relative to the output dir."""
-        path = self.layout.image_link_path(item.rel_path) if self.layout.link == "files" else item.image
-        return "./" + os.path.relpath(path, self.layout.output_dir).replace(os.sep, "/")
-
-    def _split(self, dataset: list[_Done]) -> tuple[str, str]:
-        train: list[str] = []
-        val: list[str] = []
-        for item in sorted(dataset, key=lambda d: d.rel_path.as_posix()):
-            (val if in_val(item.rel_path, self.settings.val_fraction) else train).append(self._images_path(item))
-        if not val:
-            self.notices.append(f"--val-fraction {self.settings.val_fraction} put no image in val.txt")
-        return "".join(f"{p}\n" for p in train), "".join(f"{p}\n" for p in val)
-
-    def _coco(self, dataset: list[_Done]) -> str:
-        from autoannotate.review.labels import read_image_size_wh, read_label_file
-        from autoannotate.writers.coco import CocoImage, CocoInstance, build_coco, format_coco
-
+    def _names(self) -> dict[int, str]:
         assert self.models is not None
-        images = []
-        for item in sorted(dataset, key=lambda d: d.rel_path.as_posix()):
-            try:
-                resolution_wh = item.resolution_wh or read_image_size_wh(item.image)
-            except Exception:  # the image vanished or broke since it was annotated: leave it out
-                continue
-            lines, _ = read_label_file(self.layout.output_dir / item.label_key)
-            area_by_line = {row["line"]: row["mask_area"] for row in item.rows if row.get("line")}
-            instances = tuple(
-                CocoInstance(line.class_id, line.polygon_norm, area_by_line.get(line.line)) for line in lines
-            )
-            images.append(CocoImage(item.rel_path.as_posix(), resolution_wh, instances))
-        return format_coco(build_coco(images, self.models.names))
-
-    def _write_previews(self, dataset: list[_Done]) -> dict[str, str]:
-        from autoannotate.inputs.files import read_image_bgr
-        from autoannotate.review.labels import read_label_file
-        from autoannotate.review.preview import PreviewSample, write_previews
-
-        assert self.models is not None
-        # the N images with the smallest path hash: a deterministic sample, independent of the order of the run
-        chosen = sorted(dataset, key=lambda d: hashlib.sha1(d.rel_path.as_posix().encode()).digest())
-        samples = []
-        for item in sorted(chosen[: self.settings.preview], key=lambda d: d.rel_path.as_posix()):
-            lines, _ = read_label_file(self.layout.output_dir / item.label_key)
-            score_by_line = {row["line"]: row["sam_iou"] for row in item.rows if row.get("line")}
-            # split writes several lines per instance: each line takes the score of the instance it came from
-            first_lines = sorted(score_by_line)
-            instances: list[tuple[int, Any, float | None]] = []
-            for line in lines:
-                owner = max((n for n in first_lines if n <= line.line), default=None)
-                instances.append((line.class_id, line.polygon_norm, score_by_line.get(owner) if owner else None))
-            try:
-                image = read_image_bgr(item.image)
-            except Exception:  # the image vanished since it was annotated: leave it out of the previews
-                continue
-            samples.append(PreviewSample(item.rel_path, image, tuple(instances), normalized=True))
-        if not samples:
-            return {}
-        out = self.layout.output_dir
-        files = write_previews(samples, self.models.names, out / PREVIEWS_DIR)
-        written = {}
-        for path in (*files.overlays, files.contact_sheet):
-            digest = bytes_sha256_of(path)
-            if digest is not None:
-                written[path.relative_to(out).as_posix()] = digest
-        return written
+        return self.models.names
 
     def _write_data_yaml(self) -> Path:
         """Write data.yaml, unless a data.yaml we did not write is there: then ours goes beside it."""
         assert self.models is not None
-        if self.settings.val_fraction > 0:
+        if self.settings.output.val_fraction > 0:
             train, val = TRAIN_LIST, VAL_LIST
         else:
             train = val = self.layout.images_entry
         text = dataset_yaml.format_data_yaml(self.models.names, train, val, __version__)
         path = self.layout.output_dir / DATA_YAML
-        if path.exists() and not self.settings.overwrite and not _is_our_data_yaml(path):
+        if path.exists() and not self.settings.output.overwrite and not _is_our_data_yaml(path):
             path = self.layout.output_dir / FALLBACK_DATA_YAML
             if path.exists() and not _is_our_data_yaml(path):
                 raise OutputError(
@@ -712,21 +556,22 @@ def refuse_overwriting_inputs(settings: RunSettings, layout: DatasetLayout) -> N
     """Whatever the flags, a run never writes over its own inputs: the ``--boxes-from`` labels and the ``--names``
     file. Raises OutputError (one line, with the fix)."""
     out = layout.output_dir
-    if settings.boxes_from:
-        source = Path(settings.boxes_from).expanduser()
+    boxes_from, names_file = settings.prompts.boxes_from, settings.prompts.names
+    if boxes_from:
+        source = Path(boxes_from).expanduser()
         for labels in (layout.label_root, out / "labels"):
             if _overlaps(source, labels):
                 raise OutputError(
-                    f"--boxes-from {settings.boxes_from!r} is where this run would write its labels"
+                    f"--boxes-from {boxes_from!r} is where this run would write its labels"
                     f" ({str(labels)!r}), so it would overwrite its own box prompts; write the segmentation dataset"
                     f" elsewhere: --output-dir {str(out.parent / (out.name + '_seg'))!r}"
                 )
-    if settings.names:
-        names = Path(settings.names).expanduser()
+    if names_file:
+        names = Path(names_file).expanduser()
         for written in (out / DATA_YAML, out / FALLBACK_DATA_YAML):
             if os.path.realpath(names) == os.path.realpath(written):
                 raise OutputError(
-                    f"--names {settings.names!r} is the data.yaml this run would write; write the dataset elsewhere:"
+                    f"--names {names_file!r} is the data.yaml this run would write; write the dataset elsewhere:"
                     f" --output-dir {str(out.parent / (out.name + '_seg'))!r}"
                 )
 
@@ -737,19 +582,6 @@ def _overlaps(a: Path, b: Path) -> bool:
     return real_a == real_b or real_a.startswith(real_b + os.sep) or real_b.startswith(real_a + os.sep)
 
 
-def _model_records(settings: RunSettings, det_path: str | None, sam_path: Path, sam_variant: str) -> dict[str, Any]:
-    """Each model's name as given, the file loaded, and its sha256 (for the manifest and the resume fingerprint)."""
-    det_name = settings.det_model if settings.boxes_from is None else f"boxes from {settings.boxes_from}"
-    records: dict[str, Any] = {}
-    for role, name, path in (("detector", det_name, det_path), ("segmenter", settings.sam_model, sam_path)):
-        entry: dict[str, Any] = {"name": name, "path": str(path) if path else None}
-        if path and os.path.exists(path):
-            entry["sha256"] = file_sha256(path)
-        records[role] = entry
-    records["segmenter"]["variant"] = sam_variant
-    return records
-
-
 def _changed_settings_notice(before: dict[str, Any] | None, now: dict[str, Any]) -> str:
     """One line saying what changed since the last run, and that its labels will be redone."""
     previous = before or {}
@@ -758,4 +590,4 @@ def _changed_settings_notice(before: dict[str, Any] | None, now: dict[str, Any])
     return f"settings changed since the last run ({what}): its labels are redone"
 
 
-__all__ = ["SIDECAR_NAME", "AnnotationJob", "Summary", "in_shard", "in_val"]
+__all__ = ["SIDECAR_NAME", "AnnotationJob", "Summary", "in_shard"]

@@ -13,89 +13,56 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from autoannotate.dataset.layout import DatasetLayout, link_image
+from autoannotate.dataset.layout import DatasetLayout
 from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line
 from autoannotate.errors import ImageError, OutputError, one_line
-from autoannotate.inputs.files import ImageSource, read_image_bgr
+from autoannotate.inputs.base import InputItem
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
-from autoannotate.prompts.yolo import Detections
-from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy, stability_score
-from autoannotate.resume import Journal, LabelEntry, PreviousRun, bytes_sha256, bytes_sha256_of, image_signature
-from autoannotate.segmenters.sam import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
+from autoannotate.prompts.base import PromptSource
+from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy
+from autoannotate.resume import Journal, LabelEntry, PreviousRun, bytes_sha256, bytes_sha256_of
+from autoannotate.segmenters.base import Segmenter
+from autoannotate.types import Detections, ImageOutcome, Masks, Status
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.sidecar import instance_rows
 
-OK, EMPTY, FAILED, SKIPPED, EDITED = "ok", "empty", "failed", "skipped", "edited"
 # A full disk, a read-only file system, an exhausted quota: the run stops (exit 2) instead of failing every image.
 _FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
 
 
-@dataclass(frozen=True)
-class ImageOutcome:
-    """What happened to one image. ``label_path`` is set whenever a label file was written."""
-
-    source: ImageSource
-    # "ok" (>= 1 instance written) | "empty" (empty label file written) | "failed" | "skipped" (done before, same
-    # settings) | "edited" (a label autoannotate wrote and a person changed since: kept as it is)
-    status: str
-    label_path: Path | None = None
-    instances: int = 0
-    detections: int = 0
-    empty_masks: int = 0  # detections whose mask (after --min-area) had no polygon: no line written
-    dropped: int = 0  # detections dropped by --min-mask-score: no line written
-    error: str | None = None
-    resolution_wh: tuple[int, int] | None = None
-    quality: tuple[InstanceQuality, ...] = ()  # one per detection, in detection order
-    label_sha256: str | None = None  # of the label file's bytes, when this run wrote it
-
-
 @dataclass
 class _Item:
-    """One image on its way through a batch."""
+    """One input item on its way through a batch."""
 
-    source: ImageSource
+    source: InputItem
     label_path: Path
     key: str = ""  # the label's manifest key
-    signature: tuple[int, int] | None = None  # the image file's (size, mtime_ns) when admitted
+    signature: tuple[int, int] | None = None  # the item's resume signature when admitted
     skipped: LabelEntry | None = None  # done by an earlier run with the same settings: nothing to do
     edited: bool = False  # a label of ours that a person has changed since: kept, never redone
-    job: Future[tuple[np.ndarray, PreparedImage]] | None = None
+    job: Future[tuple[np.ndarray, Any]] | None = None
     error: str | None = None
     image_bgr: np.ndarray | None = None
-    prepared: PreparedImage | None = None
+    prepared: Any = None  # what the segmenter's ``prepare`` made of the pixels
     detections: Detections | None = None
-    segmentation: SegmentationResult | None = None  # masks aligned with detections
-
-
-def _decode(path: Path) -> tuple[np.ndarray, PreparedImage]:
-    """Worker-thread job: decode as ultralytics trains (BGR) and resize for SAM (RGB, longest side 1024)."""
-    image_bgr = read_image_bgr(path)
-    prepared = prepare_image(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
-    return image_bgr, prepared
-
-
-class BoxSource(Protocol):
-    """Where box prompts come from: ``detect.Detector`` or ``boxes_from.LabelBoxes``."""
-
-    def boxes(
-        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
-    ) -> list[Detections]: ...
+    masks: Masks | None = None  # aligned with detections
 
 
 class Annotator:
     """Runs the models over a stream of images and writes one label file per image.
 
-    Three stages overlap, each in its own thread pool: decoding (and SAM's CPU-side resize), inference
-    (detector then segmenter, a batch of ``batch`` images at a time), and polygons plus label writing. On a GPU one
-    inference worker feeds the device while the other stages keep it busy; on a CPU, ``infer_workers`` images are
-    inferred at once, each on its own core (see ``job.plan_workers``), which beats splitting every operator across
-    cores for MobileSAM's many small ops. The detector is not thread-safe, so its calls are serialised.
+    Three stages overlap, each in its own thread pool: decoding (and the segmenter's CPU-side ``prepare``),
+    inference (prompt source then segmenter, a batch of ``batch`` images at a time), and polygons plus label writing.
+    On a GPU one inference worker feeds the device while the other stages keep it busy; on a CPU, ``infer_workers``
+    images are inferred at once, each on its own core (see ``runtime.device.plan_compute``), which beats splitting
+    every operator across cores for MobileSAM's many small ops. Prompt-source calls are serialised (the YOLO
+    detector is not thread-safe).
 
     ``previous``: what earlier runs wrote (``resume.load_previous``). A label it lists as done with the same
     ``fingerprint`` for an unchanged image is skipped; an existing label file it does not own belongs to someone
@@ -105,8 +72,8 @@ class Annotator:
 
     def __init__(
         self,
-        detector: BoxSource,
-        segmenter: BoxSegmenter,
+        prompts: PromptSource,
+        segmenter: Segmenter,
         policy: PolygonPolicy,
         layout: DatasetLayout,
         *,
@@ -117,7 +84,6 @@ class Annotator:
         journal: Journal | None = None,
         min_mask_score: float = 0.0,
         class_names: Mapping[int, str] | None = None,
-        class_ids: tuple[int, ...] | None = None,
         infer_workers: int = 1,
         cpu_workers: int | None = None,
     ) -> None:
@@ -125,7 +91,7 @@ class Annotator:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if infer_workers < 1:
             raise ValueError(f"infer_workers must be >= 1, got {infer_workers}")
-        self.detector = detector
+        self.prompts = prompts
         self.segmenter = segmenter
         self.policy = policy
         self.layout = layout
@@ -136,13 +102,12 @@ class Annotator:
         self.journal = journal
         self.min_mask_score = min_mask_score
         self.class_names = class_names or {}
-        self.class_ids = class_ids  # for box sources that do not filter classes themselves
         self.infer_workers = infer_workers
         self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
-        self._detector_lock = threading.Lock()
+        self._prompts_lock = threading.Lock()
         self._batch_cap = batch  # lowered after running out of device memory
 
-    def run(self, images: Iterable[ImageSource]) -> Iterator[ImageOutcome]:
+    def run(self, images: Iterable[InputItem]) -> Iterator[ImageOutcome]:
         """Annotate ``images`` in order, yielding one outcome each as soon as it and all before it are done."""
         claimed: set[Path] = set()
         max_in_flight = 2 * self.infer_workers + 2  # batches admitted but not yet yielded: bounds memory
@@ -168,14 +133,14 @@ class Annotator:
             for pool in (decode_pool, infer_pool, write_pool):
                 pool.shutdown(wait=True, cancel_futures=not finished)
 
-    def _admit(self, source: ImageSource, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
+    def _admit(self, source: InputItem, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""
         item = self._check(source, claim(self.layout, source, claimed))
         if item.error is None and item.skipped is None and not item.edited:
-            item.job = pool.submit(_decode, source.path)
+            item.job = pool.submit(self._decode, source)
         return item
 
-    def _check(self, source: ImageSource, duplicate_error: str | None) -> _Item:
+    def _check(self, source: InputItem, duplicate_error: str | None) -> _Item:
         """Decide whether an image is skipped (done before), refused (a label that is not ours) or to be done."""
         label_path = self.layout.label_path(source.rel_path)
         item = _Item(source, label_path, error=duplicate_error)
@@ -185,7 +150,7 @@ class Annotator:
             item.error = "its path has a line break, which the dataset's image lists cannot hold; rename it"
             return item
         item.key = key = self.layout.label_key(source.rel_path)
-        item.signature = image_signature(source.path)
+        item.signature = source.signature()
         if not self.overwrite and (label_path.exists() or label_path.is_symlink()):
             done = self.previous.entries.get(key)
             if key not in self.previous.owned:
@@ -201,9 +166,7 @@ class Annotator:
                 item.skipped = done
         return item
 
-    def process_batch(
-        self, sources: Sequence[ImageSource], duplicate_errors: Sequence[str | None]
-    ) -> list[ImageOutcome]:
+    def process_batch(self, sources: Sequence[InputItem], duplicate_errors: Sequence[str | None]) -> list[ImageOutcome]:
         """One batch, start to end, in the calling thread: what a distributed worker runs (see ``engines/``).
 
         ``duplicate_errors``: the driver's ``claim`` verdict per image (it alone sees every image of the run).
@@ -211,9 +174,9 @@ class Annotator:
         items = [self._check(source, error) for source, error in zip(sources, duplicate_errors, strict=True)]
         for item in items:
             if item.error is None and item.skipped is None and not item.edited:
-                job: Future[tuple[np.ndarray, PreparedImage]] = Future()
+                job: Future[tuple[np.ndarray, Any]] = Future()
                 try:
-                    job.set_result(_decode(item.source.path))
+                    job.set_result(self._decode(item.source))
                 except Exception as err:
                     job.set_exception(err)
                 item.job = job
@@ -247,7 +210,7 @@ class Annotator:
             except OutputError:
                 raise
             except Exception as err:  # one image's polygons must not take the run down
-                outcomes.append(ImageOutcome(item.source, FAILED, error=f"writing labels failed: {one_line(err, 300)}"))
+                outcomes.append(_outcome(item, Status.FAILED, error=f"writing labels failed: {one_line(err, 300)}"))
         return outcomes
 
     def _infer(self, items: list[_Item]) -> None:
@@ -264,22 +227,21 @@ class Annotator:
         if not items:
             return
         try:
-            with self._detector_lock:
-                detections = self.detector.boxes(
+            with self._prompts_lock:
+                detections = self.prompts.boxes(
                     [item.image_bgr for item in items],  # type: ignore[misc]
                     [item.source.rel_path for item in items],
-                    self.class_ids,
                 )
             with_boxes = [(item, det) for item, det in zip(items, detections, strict=True) if len(det)]
             results = self.segmenter.segment(
-                [item.prepared for item, _ in with_boxes],  # type: ignore[misc]
+                [item.prepared for item, _ in with_boxes],
                 [det.xyxy for _, det in with_boxes],
             )
         except Exception as err:
             out_of_memory = _is_out_of_memory(err)
             if out_of_memory:
                 self.segmenter.release_cached_memory()
-                with self._detector_lock:
+                with self._prompts_lock:
                     self._batch_cap = max(1, min(self._batch_cap, len(items) // 2))
             if len(items) > 1:
                 half = len(items) // 2
@@ -294,29 +256,27 @@ class Annotator:
             item.prepared = None
         for (item, _), result in zip(with_boxes, results, strict=True):
             item.image_bgr = None
-            item.segmentation = result
+            item.masks = result
 
     def _finish(self, item: _Item) -> ImageOutcome:
         if item.skipped is not None:
-            return ImageOutcome(item.source, SKIPPED, label_path=item.label_path, instances=item.skipped.instances)
+            return _outcome(item, Status.SKIPPED, label_path=item.label_path, instances=item.skipped.instances)
         if item.edited:
-            return ImageOutcome(
-                item.source, EDITED, label_path=item.label_path, instances=_count_lines(item.label_path)
-            )
+            return _outcome(item, Status.EDITED, label_path=item.label_path, instances=_count_lines(item.label_path))
         if item.error is not None:
-            return ImageOutcome(item.source, FAILED, error=item.error)
+            return _outcome(item, Status.FAILED, error=item.error)
         det = item.detections if item.detections is not None else Detections.empty()
-        segmentation = item.segmentation
+        masks = item.masks
         height, width = _image_hw(item)
         lines: list[str] = []
         quality: list[InstanceQuality] = []
         empty_masks = dropped = 0
         for index in range(len(det)):
-            if segmentation is None:  # cannot happen for a detection; keeps the types honest
-                raise RuntimeError("a detection without a segmentation result")
+            if masks is None:  # cannot happen for a detection; keeps the types honest
+                raise RuntimeError("a detection without masks")
             # one full-size mask at a time: a huge image with many boxes never holds them all
-            mask = segmentation.mask(index)
-            sam_iou = float(segmentation.iou_pred[index])
+            mask = masks.mask(index)
+            sam_iou = float(masks.scores[index])
             # 0 disables the filter: SAM's predicted IoU is a regression output and can fall below 0
             is_dropped = self.min_mask_score > 0 and sam_iou < self.min_mask_score
             polygons = [] if is_dropped else mask_to_polygons(mask, self.policy)
@@ -331,7 +291,7 @@ class Annotator:
                     class_id=class_id,
                     det_conf=round(float(det.confidence[index]), 6),
                     sam_iou=round(sam_iou, 6),
-                    stability=round(stability_score(segmentation.low_res_logits[index], segmentation.input_hw), 6),
+                    stability=round(float(masks.stability[index]), 6),
                     mask_area=int(mask.sum()),
                     box_iou=round(box_iou_xyxy(box, det.xyxy[index].astype(np.float64)), 6),
                     points=sum(len(p) for p in polygons),
@@ -340,26 +300,26 @@ class Annotator:
                 )
             )
             lines.extend(format_polygon_line(class_id, polygon, (width, height)) for polygon in polygons)
-        status = OK if lines else EMPTY
+        status = Status.OK if lines else Status.EMPTY
         text = format_label_file(lines)
         label_sha256 = bytes_sha256(text.encode("utf-8"))
         try:
-            link_image(self.layout, item.source.rel_path, item.source.path)
+            item.source.place(self.layout)
             if self.journal is not None:
                 self.journal.pending(item.key)
             write_text_atomic(item.label_path, text)
             if self.journal is not None and item.signature is not None:
                 entry = LabelEntry(
-                    str(item.source.path), status, len(lines), self.fingerprint, *item.signature, label_sha256
+                    item.source.origin, status, len(lines), self.fingerprint, *item.signature, label_sha256
                 )
-                rows = instance_rows(str(item.source.path), item.key, quality, self.class_names)
+                rows = instance_rows(item.source.origin, item.key, quality, self.class_names)
                 self.journal.done(item.key, entry, rows)
         except OutputError as err:
             if err.errno in _FATAL_WRITE_ERRNOS:  # every further write would fail too: stop with one line
                 raise
-            return ImageOutcome(item.source, FAILED, detections=len(det), error=str(err))
-        return ImageOutcome(
-            item.source,
+            return _outcome(item, Status.FAILED, detections=len(det), error=str(err))
+        return _outcome(
+            item,
             status,
             label_path=item.label_path,
             instances=len(lines),
@@ -369,7 +329,14 @@ class Annotator:
             resolution_wh=(width, height),
             quality=tuple(quality),
             label_sha256=label_sha256,
+            label_text=text,
         )
+
+    def _decode(self, source: InputItem) -> tuple[np.ndarray, Any]:
+        """Worker-thread job: the item's pixels as ultralytics trains on them (BGR), and the segmenter's CPU-side
+        preparation of them (RGB; e.g. SAM's resize to a longest side of 1024)."""
+        image_bgr = source.read_bgr()
+        return image_bgr, self.segmenter.prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
 
 
 def _count_lines(path: Path) -> int:
@@ -380,7 +347,11 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-def claim(layout: DatasetLayout, source: ImageSource, claimed: set[Path]) -> str | None:
+def _outcome(item: _Item, status: Status, **fields: Any) -> ImageOutcome:
+    return ImageOutcome(item.source.rel_path, item.source.origin, status, signature=item.signature, **fields)
+
+
+def claim(layout: DatasetLayout, source: InputItem, claimed: set[Path]) -> str | None:
     """Reserve the image's label path in ``claimed``; the reason it cannot have one, if another image has it."""
     label_path = layout.label_path(source.rel_path)
     if label_path in claimed:
@@ -398,8 +369,8 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 def _image_hw(item: _Item) -> tuple[int, int]:
-    if item.segmentation is not None:
-        return item.segmentation.original_hw
+    if item.masks is not None:
+        return item.masks.original_hw
     if item.image_bgr is not None:
         return int(item.image_bgr.shape[0]), int(item.image_bgr.shape[1])
     return 0, 0

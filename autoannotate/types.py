@@ -120,6 +120,7 @@ class ImageOutcome:
     quality: tuple[InstanceQuality, ...] = ()  # one per detection, in detection order
     label_sha256: str | None = None  # of the label file's bytes, when this run wrote it
     label_text: str | None = field(default=None, repr=False)  # the label file's text, when this run wrote it
+    signature: tuple[int, int] | None = None  # the item's resume signature when it was admitted
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (plain types only): what a distributed worker sends back to the driver."""
@@ -128,12 +129,13 @@ class ImageOutcome:
         out["status"] = str(self.status)
         out["label_path"] = str(self.label_path) if self.label_path is not None else None
         out["resolution_wh"] = list(self.resolution_wh) if self.resolution_wh is not None else None
+        out["signature"] = list(self.signature) if self.signature is not None else None
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageOutcome:
         """The inverse of ``to_dict``."""
-        wh = data.get("resolution_wh")
+        wh, signature = data.get("resolution_wh"), data.get("signature")
         return cls(
             rel_path=PurePosixPath(data["rel_path"]),
             origin=str(data["origin"]),
@@ -148,4 +150,5 @@ class ImageOutcome:
             quality=tuple(InstanceQuality(**q) for q in data.get("quality") or ()),
             label_sha256=data.get("label_sha256"),
             label_text=data.get("label_text"),
+            signature=(int(signature[0]), int(signature[1])) if signature is not None else None,
         )

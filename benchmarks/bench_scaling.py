@@ -51,10 +51,11 @@ from common import (
 
 from autoannotate.dataset.layout import plan_layout
 from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line
-from autoannotate.inputs.files import iter_images, read_image_bgr, resolve_data
+from autoannotate.inputs.decode import read_image_bgr
+from autoannotate.inputs.listing import iter_items, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
-from autoannotate.prompts.yolo import Detections
+from autoannotate.types import Detections
 from autoannotate.runtime.allocator import tune_host_allocator
 from autoannotate.runtime.device import apply_threads, plan_compute, select_device
 from autoannotate.segmenters.sam import (
@@ -250,7 +251,7 @@ def end_to_end_s(folder: Path, out_dir: Path, segmenter: BoxSegmenter, boxes: in
         infer_workers=infer_workers,
     )
     started = time.perf_counter()
-    outcomes = list(annotator.run(iter_images(spec)))
+    outcomes = list(annotator.run(iter_items(spec)))
     seconds = time.perf_counter() - started
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:

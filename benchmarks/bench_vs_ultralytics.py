@@ -466,7 +466,7 @@ def sam_mask_agreement(inputs: Inputs, weights: StandinWeights, settings: Settin
     float32 and a half ``BoxSegmenter`` in this process; returns (mean IoU, min IoU, masks compared)."""
     import torch
 
-    from autoannotate.inputs.files import read_image_bgr
+    from autoannotate.inputs.decode import read_image_bgr
     from autoannotate.prompts.yolo import Detector, DetectSettings
     from autoannotate.runtime.allocator import tune_host_allocator
     from autoannotate.segmenters.sam import BoxSegmenter, prepare_image

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from autoannotate.cli_review import register
 from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line, parse_label_file
 from autoannotate.errors import OutputError
-from autoannotate.inputs.files import read_image_bgr
+from autoannotate.inputs.decode import read_image_bgr
 from autoannotate.polygons import PolygonPolicy, mask_iou, mask_to_polygons, polygon_to_mask
 from autoannotate.review.labels import read_image_size_wh
 from autoannotate.writers.coco import CocoImage, CocoInstance, build_coco, is_ours, polygon_area_px, write_coco

@@ -32,17 +32,12 @@ from helpers import json_events, stand_in_model_args, synthetic_scene_bgr
 from PIL import Image
 from typer.testing import CliRunner
 
-import autoannotate.inputs.files as sources
+import autoannotate.inputs.listing as sources
 from autoannotate.cli import app
 from autoannotate.dataset.yolo_seg import parse_label_file
 from autoannotate.errors import ImageError
-from autoannotate.inputs.files import (
-    MAX_IMAGE_PIXELS,
-    iter_images,
-    peek_image_hw,
-    read_image_bgr,
-    resolve_data,
-)
+from autoannotate.inputs.decode import MAX_IMAGE_PIXELS, peek_image_hw, read_image_bgr
+from autoannotate.inputs.listing import iter_items, resolve_data
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -416,7 +411,7 @@ def test_not_a_regular_file_and_dangling_link_are_reported(tmp_path: Path):
     with pytest.raises(ImageError, match="not a regular file"):
         read_image_bgr(_save(tmp_path / "dir.jpg" / "x.txt", b"").parent)
     # the walk yields every image-named entry that is not a folder, so none of them vanishes without a report
-    rels = [str(s.rel_path) for s in iter_images(resolve_data(str(tmp_path)))]
+    rels = [str(s.rel_path) for s in iter_items(resolve_data(str(tmp_path)))]
     assert rels == ["dangling.jpg", "pipe.jpg"]
 
 
@@ -441,7 +436,7 @@ def test_walk_streams_folder_by_folder(tmp_path: Path, monkeypatch: pytest.Monke
         for i in range(3):
             _save(tmp_path / f"d{folder:02d}" / f"{i}.jpg", b"")
     listed = _record_scandir(monkeypatch)
-    images = iter_images(resolve_data(str(tmp_path)))
+    images = iter_items(resolve_data(str(tmp_path)))
     assert str(next(images).rel_path) == "d00/0.jpg"
     assert len(listed) == 2  # the root and the first folder, not the whole tree
     assert sum(1 for _ in images) == 89 and len(listed) == 31
@@ -459,7 +454,7 @@ def test_one_folder_of_100k_files_lists_once_and_fast(tmp_path: Path, monkeypatc
         os.close(folder_fd)
     listed = _record_scandir(monkeypatch)
     started = time.perf_counter()
-    images = iter_images(resolve_data(str(folder)))
+    images = iter_items(resolve_data(str(folder)))
     first = next(images)
     first_s = time.perf_counter() - started
     rest = [str(source.rel_path) for source in images]

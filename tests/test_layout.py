@@ -9,7 +9,7 @@ import pytest
 
 from autoannotate.dataset.layout import link_image, plan_layout, prepare_output
 from autoannotate.errors import OutputError
-from autoannotate.inputs.files import resolve_data
+from autoannotate.inputs.listing import resolve_data
 
 
 def _touch(path: Path) -> Path:

@@ -13,11 +13,10 @@ import pytest
 from autoannotate.dataset.layout import plan_layout, prepare_output
 from autoannotate.dataset.yolo_seg import parse_label_file
 from autoannotate.errors import OutputError
-from autoannotate.inputs.files import iter_images, resolve_data
+from autoannotate.inputs.listing import iter_items, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
-from autoannotate.prompts.yolo import Detections
-from autoannotate.segmenters.sam import SegmentationResult
+from autoannotate.types import Detections, Masks
 
 
 class OutOfMemoryError(RuntimeError):
@@ -27,7 +26,11 @@ class OutOfMemoryError(RuntimeError):
 class BoxDetector:
     """Boxes from the image itself: one box per distinct non-zero grey level, class = level // 50."""
 
-    def boxes(self, images_bgr, rel_paths, class_ids):
+    names = {0: "a", 1: "b", 2: "c", 3: "d"}
+    class_ids = None
+    weights_path = None
+
+    def boxes(self, images_bgr, rel_paths):
         out = []
         for image in images_bgr:
             gray = image[..., 0]
@@ -53,24 +56,30 @@ class BoxSegmenter:
         self.oom_above = oom_above
         self.always_oom = always_oom or set()
 
+    variant = "box"
+    weights_path = None
+
+    def prepare(self, image_rgb):
+        return image_rgb.shape[:2]
+
+    def default_batch(self):
+        return 1
+
     def segment(self, images, boxes_xyxy):
         self.calls.append(len(images))
         if self.oom_above is not None and len(images) > self.oom_above:
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         results = []
         for prepared, boxes in zip(images, boxes_xyxy, strict=True):
-            h, w = prepared.original_hw
+            h, w = prepared
             if (h, w) in self.always_oom:
                 raise OutOfMemoryError("CUDA out of memory")
             masks = np.zeros((len(boxes), h, w), bool)
             for i, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
                 if y2 - y1 <= x2 - x1:
                     masks[i, y1:y2, x1:x2] = True
-            results.append(
-                SegmentationResult(
-                    np.ones(len(boxes), np.float32), np.zeros((len(boxes), 256, 256), np.float32), (0, 0), (h, w), masks
-                )
-            )
+            n = len(boxes)
+            results.append(Masks(np.ones(n, np.float32), np.ones(n, np.float32), (h, w), masks))
         return results
 
     def release_cached_memory(self):
@@ -101,7 +110,7 @@ def _annotator(tmp_path: Path, segmenter, batch: int, workers: int = 1) -> tuple
         batch=batch,
         infer_workers=workers,
     )
-    return annotator, list(iter_images(spec))
+    return annotator, list(iter_items(spec))
 
 
 def test_order_alignment_and_empty_masks(tmp_path: Path):
@@ -109,13 +118,13 @@ def test_order_alignment_and_empty_masks(tmp_path: Path):
     _dataset(tmp_path / "imgs", [(30, 40), (40, 30)] * 3)
     annotator, images = _annotator(tmp_path, BoxSegmenter(), batch=2, workers=2)
     outcomes = list(annotator.run(images))
-    assert [o.source.rel_path.name for o in outcomes] == [f"im{i:02d}.png" for i in range(6)]
+    assert [o.rel_path.name for o in outcomes] == [f"im{i:02d}.png" for i in range(6)]
     for outcome in outcomes:
         assert (outcome.status, outcome.detections, outcome.instances, outcome.empty_masks) == ("ok", 3, 2, 1)
         rows = parse_label_file(outcome.label_path.read_text())
         # the empty class-3 mask wrote no line, and did not shift class 2 onto another mask
         assert [cid for cid, _ in rows] == [1, 2]
-        w = 40 if outcome.source.rel_path.name in ("im00.png", "im02.png", "im04.png") else 30
+        w = 40 if outcome.rel_path.name in ("im00.png", "im02.png", "im04.png") else 30
         x_px = np.round(rows[1][1][:, 0] * w - 0.5)  # back to pixel columns (6-decimal rounding undone)
         assert (x_px.min(), x_px.max()) == (w - 9, w - 4)  # class 2 is the bottom-right box
 

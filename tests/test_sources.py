@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from autoannotate.errors import ImageError, InputError
-from autoannotate.inputs.files import iter_images, read_image_bgr, resolve_data
+from autoannotate.inputs.decode import read_image_bgr
+from autoannotate.inputs.listing import iter_items, resolve_data
 
 
 def _img(path: Path, hw: tuple[int, int] = (6, 9)) -> Path:
@@ -35,20 +36,20 @@ def tree(tmp_path: Path) -> Path:
 def test_directory_is_recursive_sorted_any_case(tree: Path):
     spec = resolve_data(str(tree))
     assert spec.kind == "dir" and spec.root == tree
-    rels = [str(s.rel_path) for s in iter_images(spec)]
+    rels = [str(s.rel_path) for s in iter_items(spec)]
     assert rels == ["B.PNG", "a.jpg", "sub/a.jpg", "sub/deeper/c.webp", "x.JpEg", "y.bmp", "z.TIF"]
 
 
 def test_symlink_loop_is_safe(tree: Path):
     os.symlink(tree, tree / "sub" / "loop")  # sub/loop -> imgs: a cycle
-    rels = [str(s.rel_path) for s in iter_images(resolve_data(str(tree)))]
+    rels = [str(s.rel_path) for s in iter_items(resolve_data(str(tree)))]
     assert len(rels) == len(set(rels)) == 7
 
 
 def test_single_image(tree: Path):
     spec = resolve_data(str(tree / "sub" / "a.jpg"))
     assert spec.kind == "file"
-    assert [s.rel_path for s in iter_images(spec)] == [PurePosixPath("a.jpg")]
+    assert [s.rel_path for s in iter_items(spec)] == [PurePosixPath("a.jpg")]
 
 
 def test_list_file_relative_to_its_folder_and_common_root(tree: Path, tmp_path: Path):
@@ -56,20 +57,20 @@ def test_list_file_relative_to_its_folder_and_common_root(tree: Path, tmp_path: 
     listing.write_text("# comment\nsub/a.jpg\n\n sub/deeper/c.webp \n" + str(tree / "sub" / "missing.png") + "\n")
     spec = resolve_data(str(listing))
     assert spec.kind == "list" and spec.root == tree / "sub"
-    assert [str(s.rel_path) for s in iter_images(spec)] == ["a.jpg", "deeper/c.webp", "missing.png"]
+    assert [str(s.rel_path) for s in iter_items(spec)] == ["a.jpg", "deeper/c.webp", "missing.png"]
 
 
 def test_glob(tree: Path):
     spec = resolve_data(str(tree / "**" / "*.jpg"))
     assert spec.kind == "glob"
-    assert sorted(str(s.rel_path) for s in iter_images(spec)) == ["a.jpg", "sub/a.jpg"]
+    assert sorted(str(s.rel_path) for s in iter_items(spec)) == ["a.jpg", "sub/a.jpg"]
 
 
 def test_stdin(tree: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tree)
     spec = resolve_data("-", io.StringIO("sub/deeper/c.webp\na.jpg\n"))
     assert spec.kind == "stdin" and spec.root == tree
-    assert [str(s.rel_path) for s in iter_images(spec)] == ["sub/deeper/c.webp", "a.jpg"]
+    assert [str(s.rel_path) for s in iter_items(spec)] == ["sub/deeper/c.webp", "a.jpg"]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from autoannotate.cli import app
 from autoannotate.config import MAX_IMGSZ, MAX_SHARDS, RunSettings, parse_shard
 from autoannotate.errors import ConfigError, excerpt
-from autoannotate.inputs.files import iter_images, resolve_data
+from autoannotate.inputs.listing import iter_items, resolve_data
 
 runner = CliRunner()
 
@@ -295,7 +295,7 @@ def test_nul_list_keeps_a_name_with_a_line_break_whole(tmp_path: Path, monkeypat
 def test_directory_listing_keeps_a_name_with_a_line_break(tmp_path: Path):
     _write(tmp_path / "imgs" / "a\nb.jpg")
     _write(tmp_path / "imgs" / "c.jpg")
-    assert [str(s.rel_path) for s in iter_images(resolve_data(str(tmp_path / "imgs")))] == ["a\nb.jpg", "c.jpg"]
+    assert [str(s.rel_path) for s in iter_items(resolve_data(str(tmp_path / "imgs")))] == ["a\nb.jpg", "c.jpg"]
 
 
 def test_a_folder_without_images_is_an_input_error(tmp_path: Path, models: list[str]):

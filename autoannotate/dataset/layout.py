@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from autoannotate.errors import OutputError
-from autoannotate.inputs.files import SourceSpec
+
+if TYPE_CHECKING:
+    from autoannotate.inputs.listing import SourceSpec
 
 DATA_YAML = "data.yaml"
 FALLBACK_DATA_YAML = "autoannotate.data.yaml"

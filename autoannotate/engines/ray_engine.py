@@ -15,24 +15,24 @@ interrupted or not. A Ray that the caller initialised, or a cluster, is used as 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import os
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from autoannotate.config import RAY_INSTALL_HINT, RunSettings
 from autoannotate.dataset.layout import DatasetLayout
+from autoannotate.engines import EngineRun
 from autoannotate.errors import ConfigError
-from autoannotate.inputs.files import ImageSource
-from autoannotate.pipeline import ImageOutcome, claim
-from autoannotate.quality import InstanceQuality
+from autoannotate.inputs import item_from_dict
+from autoannotate.pipeline import claim
 from autoannotate.resume import Journal, PreviousRun
+from autoannotate.types import ImageOutcome
 
 
 def _import_ray() -> Any:
@@ -56,47 +56,22 @@ class _AnnotateActor:
         journal_name: str,
         torch_threads: int,
     ) -> None:
-        from autoannotate.job import load_models, make_annotator
+        from autoannotate.models import build_annotator, load_models
         from autoannotate.runtime.allocator import tune_host_allocator
         from autoannotate.runtime.device import ComputePlan, select_device
 
         tune_host_allocator()  # the actor's process is its own entry point
 
-        device = select_device(settings.device)
+        device = select_device(settings.runtime.device)
         models = load_models(settings, ComputePlan(device, 1, max(1, torch_threads)))
         journal = Journal(layout.output_dir / journal_name.replace(".jsonl", f".worker-{uuid.uuid4().hex[:12]}.jsonl"))
-        self.annotator = make_annotator(settings, models, layout, previous, fingerprint, journal)
+        self.annotator = build_annotator(settings, models, layout, previous, fingerprint, journal)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        sources = [ImageSource(Path(p), PurePosixPath(r)) for p, r in zip(batch["path"], batch["rel"], strict=True)]
+        items = [item_from_dict(record) for record in batch["item"]]
         duplicates = [d or None for d in batch["duplicate"]]
-        outcomes = self.annotator.process_batch(sources, duplicates)
-        return {"outcome": [_to_record(o) for o in outcomes]}
-
-
-def _to_record(outcome: ImageOutcome) -> dict[str, Any]:
-    record = dataclasses.asdict(outcome)
-    record["source"] = {"path": str(outcome.source.path), "rel": outcome.source.rel_path.as_posix()}
-    record["label_path"] = str(outcome.label_path) if outcome.label_path is not None else None
-    return record
-
-
-def _from_record(record: dict[str, Any]) -> ImageOutcome:
-    source = ImageSource(Path(record["source"]["path"]), PurePosixPath(record["source"]["rel"]))
-    wh = record.get("resolution_wh")
-    return ImageOutcome(
-        source,
-        record["status"],
-        label_path=Path(record["label_path"]) if record.get("label_path") else None,
-        instances=int(record["instances"]),
-        detections=int(record["detections"]),
-        empty_masks=int(record["empty_masks"]),
-        dropped=int(record["dropped"]),
-        error=record.get("error"),
-        resolution_wh=(int(wh[0]), int(wh[1])) if wh is not None else None,
-        quality=tuple(InstanceQuality(**q) for q in record.get("quality") or ()),
-        label_sha256=record.get("label_sha256"),
-    )
+        outcomes = self.annotator.process_batch(items, duplicates)
+        return {"outcome": [outcome.to_dict() for outcome in outcomes]}
 
 
 # Ray's longest unix socket path is <root>/aa-ray-XXXXXXXX/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, 80
@@ -141,15 +116,9 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
                 shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def run_on_ray(
-    settings: RunSettings,
-    layout: DatasetLayout,
-    previous: PreviousRun,
-    fingerprint: str,
-    images: Iterable[ImageSource],
-    journal_name: str,
-) -> Iterator[ImageOutcome]:
-    """Annotate ``images`` on Ray; yields one outcome per image, in input order.
+def run(job: EngineRun) -> Iterator[ImageOutcome]:
+    """Annotate ``job.items`` on Ray; yields one outcome per item, in input order (the driver's models and journal
+    are not used: each actor loads its own models and keeps its own journal).
 
     Ray's driver prints cluster errors (``(raylet) Task ... failed``, in colour) to ``sys.stdout`` from a background
     thread, even with ``log_to_driver=False``; stdout carries the ``--json`` events, so while Ray runs here,
@@ -157,14 +126,12 @@ def run_on_ray(
     """
     ray = _import_ray()
     claimed: set[Path] = set()
-    rows = [
-        {"path": str(s.path), "rel": s.rel_path.as_posix(), "duplicate": claim(layout, s, claimed) or ""}
-        for s in images
-    ]
+    rows = [{"item": item.to_dict(), "duplicate": claim(job.layout, item, claimed) or ""} for item in job.items]
     if not rows:
         return
-    with contextlib.redirect_stdout(sys.stderr), _connected(ray, settings.ray_address):
-        yield from _annotate(ray, settings, layout, previous, fingerprint, rows, journal_name)
+    settings = job.settings
+    with contextlib.redirect_stdout(sys.stderr), _connected(ray, settings.engine.ray_address):
+        yield from _annotate(ray, settings, job.layout, job.previous, job.fingerprint, rows, job.journal_name)
 
 
 def _annotate(
@@ -173,13 +140,13 @@ def _annotate(
     layout: DatasetLayout,
     previous: PreviousRun,
     fingerprint: str,
-    rows: list[dict[str, str]],
+    rows: list[dict[str, Any]],
     journal_name: str,
 ) -> Iterator[ImageOutcome]:
     resources = ray.cluster_resources()
-    gpus = settings.ray_gpus_per_worker
-    if settings.ray_workers:
-        workers = settings.ray_workers
+    gpus = settings.engine.ray_gpus_per_worker
+    if settings.engine.ray_workers:
+        workers = settings.engine.ray_workers
     elif gpus > 0:
         workers = max(1, int(resources.get("GPU", 0) / gpus))
     else:
@@ -198,11 +165,11 @@ def _annotate(
             "journal_name": journal_name,
             "torch_threads": cpus_per_worker,
         },
-        batch_size=settings.batch or 1,
+        batch_size=settings.runtime.batch or 1,
         batch_format="default",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
         num_gpus=gpus,
     )
     for row in dataset.iter_rows():
-        yield _from_record(row["outcome"])
+        yield ImageOutcome.from_dict(row["outcome"])

@@ -10,45 +10,51 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autoannotate.dataset.yolo_seg import iter_label_rows
+
+if TYPE_CHECKING:
+    from autoannotate.config import RunSettings
 from autoannotate.errors import ConfigError, ImageError
-from autoannotate.prompts.yolo import Detections
+from autoannotate.prompts.base import keep_classes, resolve_classes
+from autoannotate.types import Detections
 
 
 class LabelBoxes:
-    """A stand-in for ``Detector``: ``boxes`` reads each image's detection label file. Thread-safe (stateless)."""
+    """A prompt source (``prompts.base.PromptSource``): each image's boxes from its detection label file.
+
+    Thread-safe (stateless). ``names``: the classes the labels may use (data.yaml's); a label line whose class is
+    not among them fails its image, as ultralytics' trainer would refuse the dataset. ``class_ids``: the
+    ``--classes`` filter, already resolved (``resolve_classes``).
+    """
 
     weights_path = None
 
-    def __init__(self, boxes_root: Path, names: dict[int, str]) -> None:
+    def __init__(self, boxes_root: Path, names: dict[int, str], class_ids: tuple[int, ...] | None = None) -> None:
         if not boxes_root.is_dir():
             raise ConfigError(f"--boxes-from {str(boxes_root)!r} is not a directory of YOLO detection labels")
         self.boxes_root = boxes_root
         self.names = names
+        self.class_ids = class_ids
 
-    def resolve_classes(self, classes: Sequence[str] | None) -> tuple[int, ...] | None:
-        if classes is None:
-            return None
-        by_name = {name.lower(): cid for cid, name in self.names.items()}
-        ids = []
-        for item in classes:
-            cid = int(item) if item.lstrip("-").isdigit() else by_name.get(item.lower())
-            if cid is None:
-                raise ConfigError(f"invalid --classes name {item!r}: not in --names")
-            ids.append(cid)
-        return tuple(dict.fromkeys(ids))
-
-    def boxes(
-        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
-    ) -> list[Detections]:
+    def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
         """Detections for each image from its label file, in that image's pixel frame (confidence 1)."""
         out = []
         for image, rel_path in zip(images_bgr, rel_paths, strict=True):
             height, width = image.shape[:2]
-            out.append(self._read(self.boxes_root / rel_path.with_suffix(".txt"), (width, height), class_ids))
+            path = self.boxes_root / rel_path.with_suffix(".txt")
+            detections = self._read(path, (width, height), None)
+            unknown = sorted(set(detections.class_id.tolist()) - set(self.names))
+            if unknown:
+                known = f"ids 0..{max(self.names)}" if self.names else "no classes"
+                raise ImageError(
+                    f"box labels {str(path)!r} use class id {unknown[0]}, which the class names do not have"
+                    f" ({known}); fix the label or pass --names with every class"
+                )
+            out.append(keep_classes(detections, self.class_ids))
         return out
 
     def _read(self, path: Path, resolution_wh: tuple[int, int], class_ids: tuple[int, ...] | None) -> Detections:
@@ -96,3 +102,18 @@ def names_from_boxes(boxes_root: Path) -> dict[int, str]:
         except (OSError, UnicodeDecodeError):
             continue
     return {i: f"class{i}" for i in range(highest + 1)}
+
+
+def build_label_boxes(settings: RunSettings) -> LabelBoxes:
+    """The ``--boxes-from`` source: its names from ``--names``, else a data.yaml beside the labels, else
+    ``class<id>`` for every id the labels use; ``--classes`` resolved against them."""
+    from autoannotate.review.labels import find_data_yaml, read_names
+
+    p = settings.prompts
+    assert p.boxes_from is not None  # PROMPT_SOURCES picks this source only then
+    boxes_root = Path(p.boxes_from).expanduser()
+    names_file = Path(p.names).expanduser() if p.names else find_data_yaml(boxes_root)
+    names = read_names(names_file) if names_file is not None else names_from_boxes(boxes_root)
+    source = LabelBoxes(boxes_root, names)  # refuses a missing directory first
+    source.class_ids = resolve_classes(p.classes, names, "--names" if names_file is not None else "the box labels")
+    return source

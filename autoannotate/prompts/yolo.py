@@ -1,4 +1,4 @@
-"""The detector: any ultralytics detection or segmentation model, used for its boxes only.
+"""The YOLO prompt source: any ultralytics detection or segmentation model, used for its boxes only.
 
 Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the package is testable without models.
 """
@@ -8,41 +8,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from autoannotate.assets import asset_url
-from autoannotate.errors import ConfigError, ModelError, logs_held, one_line
+from autoannotate.errors import ModelError, logs_held, one_line
+from autoannotate.prompts.base import resolve_classes
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
+from autoannotate.types import Detections
+
+if TYPE_CHECKING:
+    from autoannotate.config import RunSettings
 
 _DETECTOR_TASKS = frozenset({"detect", "segment"})
-
-
-@dataclass(frozen=True)
-class Detections:
-    """Detections of one image, in that image's pixel frame.
-
-    ``xyxy``: (N, 4) float32, x1 y1 x2 y2 pixels; ``class_id``: (N,) int64; ``confidence``: (N,) float32.
-    """
-
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    confidence: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.xyxy)
-        if self.xyxy.shape != (n, 4) or self.class_id.shape != (n,) or self.confidence.shape != (n,):
-            raise ValueError(
-                f"inconsistent Detections shapes {self.xyxy.shape}, {self.class_id.shape}, {self.confidence.shape}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.xyxy)
-
-    @classmethod
-    def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.float32))
 
 
 @dataclass(frozen=True)
@@ -151,33 +131,16 @@ class Detector:
         return dict(self._names) if self._names is not None else _class_names(self._model)
 
     def resolve_classes(self, classes: Sequence[str] | None) -> tuple[int, ...] | None:
-        """``--classes`` entries (ids or names, any letter case for names) to class ids. Raises ConfigError."""
-        if classes is None:
-            return None
-        names = self.names
-        by_name = {name.lower(): cid for cid, name in names.items()}
-        ids: list[int] = []
-        for item in classes:
-            if item.lstrip("-").isdigit():
-                cid = int(item)
-                if cid not in names:
-                    raise ConfigError(f"invalid --classes id {cid}: the detector has ids 0..{max(names, default=-1)}")
-            elif item.lower() in by_name:
-                cid = by_name[item.lower()]
-            else:
-                sample = ", ".join(list(names.values())[:8])
-                raise ConfigError(f"invalid --classes name {item!r}: not a detector class (e.g. {sample})")
-            if cid not in ids:
-                ids.append(cid)
-        return tuple(ids)
+        """``--classes`` entries to class ids of this detector (``prompts.base.resolve_classes``)."""
+        return resolve_classes(classes, self.names, "the detector")
 
-    def boxes(
-        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath], class_ids: tuple[int, ...] | None
-    ) -> list[Detections]:
-        """The pipeline's box source interface (``boxes_from.LabelBoxes`` is the other): run the detector.
+    @property
+    def class_ids(self) -> tuple[int, ...] | None:
+        """The classes it returns (applied inside ultralytics' NMS), or None for all."""
+        return self.settings.class_ids
 
-        ``rel_paths`` and ``class_ids`` are not needed here: the class filter is applied inside ultralytics' NMS.
-        """
+    def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
+        """The prompt-source interface (``prompts.base.PromptSource``): run the detector (``rel_paths`` unused)."""
         return self.detect(images_bgr)
 
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
@@ -263,3 +226,20 @@ def _precision_kwargs(half: bool) -> dict[str, object]:
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
+
+
+def build_detector(settings: RunSettings, device: torch.device) -> Detector:
+    """The ``--det-model`` detector on ``device`` with the run's thresholds, ``--classes`` resolved against it."""
+    p = settings.prompts
+    detector = Detector.from_weights(p.det_model, device)
+    class_ids = detector.resolve_classes(p.classes)
+    return detector.with_settings(
+        DetectSettings(
+            conf=p.conf,
+            iou=p.iou,
+            imgsz=p.imgsz,
+            max_det=p.max_det,
+            class_ids=class_ids,
+            half=settings.runtime.half,
+        )
+    )

@@ -21,7 +21,8 @@ import yaml
 
 from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML
 from autoannotate.errors import ConfigError, InputError, excerpt
-from autoannotate.inputs.files import iter_images, read_image_bgr, resolve_data
+from autoannotate.inputs.decode import read_image_bgr
+from autoannotate.inputs.listing import iter_items, resolve_data
 
 __all__ = [
     "LabelLine",
@@ -74,7 +75,7 @@ def iter_pairs(labels_root: Path, images_root: Path) -> Iterator[LabelPair]:
     """Pair every image under ``images_root`` with its label file under ``labels_root``.
 
     ``images_root`` is anything ``--data`` accepts (directory, image, ``.txt`` list, glob); images are found with
-    ``autoannotate.inputs.files.iter_images``. Label files are the ``*.txt`` files below ``labels_root`` (recursive).
+    ``autoannotate.inputs.listing.iter_items``. Label files are the ``*.txt`` files below ``labels_root`` (recursive).
     Yields, sorted by ``rel_stem`` then image path: matched pairs, images without a label file
     (``label_path`` None) and label files without an image (``image_path`` None). Two images that differ only in
     suffix (``a.jpg``, ``a.png``) share one label file, as in ultralytics: both pairs carry it.
@@ -90,12 +91,12 @@ def iter_pairs(labels_root: Path, images_root: Path) -> Iterator[LabelPair]:
     }
     pairs: list[LabelPair] = []
     matched: set[PurePosixPath] = set()
-    for source in iter_images(spec):
+    for source in iter_items(spec):
         stem = source.rel_path.with_suffix("")
         label = labels.get(stem)
         if label is not None:
             matched.add(stem)
-        pairs.append(LabelPair(stem, source.path, source.rel_path, label))
+        pairs.append(LabelPair(stem, Path(source.origin), source.rel_path, label))
     pairs.extend(LabelPair(stem, None, None, path) for stem, path in labels.items() if stem not in matched)
     pairs.sort(key=lambda p: (p.rel_stem.as_posix(), str(p.image_path or "")))
     yield from pairs
@@ -225,7 +226,7 @@ def find_data_yaml(labels_root: Path) -> Path | None:
 
 
 def read_image_size_wh(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image as ``autoannotate.inputs.files.read_image_bgr`` decodes it (EXIF applied).
+    """``(width, height)`` of an image as ``autoannotate.inputs.decode.read_image_bgr`` decodes it (EXIF applied).
 
     The header is read with Pillow when the image carries no EXIF orientation (or the identity): then the stored
     size is the decoded size. Otherwise, or when Pillow cannot tell, the image is decoded with OpenCV, so the answer

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from autoannotate.errors import OutputError
-from autoannotate.inputs.files import read_image_bgr
+from autoannotate.inputs.decode import read_image_bgr
 from autoannotate.polygons import polygon_to_mask
 from autoannotate.review.labels import LabelPair, LineProblem, read_label_file
 from autoannotate.writers.atomic import write_bytes_atomic

@@ -1,33 +1,17 @@
-"""Find images, decide where their labels go, and decode them.
-
-``--data`` may be a directory (searched recursively; symlink loops are safe), one image, a ``.txt`` list of image
-paths, a quoted glob, or ``-`` for paths on stdin. A list (file or stdin) holds one path per line, or, when it
-contains a NUL byte, NUL-separated paths taken exactly as written (``find -print0``: names with spaces or line breaks
-survive). Each image gets a ``rel_path``: its path relative to the
-*image root*, which the output layout mirrors under ``labels/`` (see ``layout.py``).
-"""
+"""Decode an image file as ultralytics does when it trains (HxWx3 uint8 BGR, EXIF orientation applied), refusing
+what training would refuse (over Pillow's pixel limit, truncated JPEGs) from the header, before any pixel."""
 
 from __future__ import annotations
 
-import glob
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TextIO
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from autoannotate.errors import ImageError, InputError
-
-_SUFFIX_ORDER = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-IMAGE_SUFFIXES = frozenset(_SUFFIX_ORDER)
-#: The image types as a user reads them in a message: "jpg, jpeg, png, bmp, tif, tiff, webp".
-IMAGE_TYPES_TEXT = ", ".join(suffix[1:] for suffix in _SUFFIX_ORDER)
-_GLOB_CHARS = frozenset("*?[")
+from autoannotate.errors import ImageError
 
 # Ultralytics opens every training image with Pillow first (``data.utils.check_image``), and Pillow refuses images
 # over twice its ``MAX_IMAGE_PIXELS`` (DecompressionBombError), so training drops them as corrupt. Annotating one
@@ -36,178 +20,6 @@ _GLOB_CHARS = frozenset("*?[")
 MAX_IMAGE_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)  # 178,956,970, Pillow's limit
 MAX_FILE_BYTES = 2 * 1024**3  # read whole into memory before decoding: larger files fail without being read
 _TIFF_SUFFIXES = (".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """One image to annotate: where it is and its path relative to the image root (POSIX, with suffix)."""
-
-    path: Path
-    rel_path: PurePosixPath
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """What ``--data`` named: its kind, the image root that ``rel_path`` is relative to, and the listed paths.
-
-    ``paths`` is None for a directory (walked lazily by ``iter_images``) and the full list otherwise.
-    """
-
-    kind: str  # "dir" | "file" | "list" | "glob" | "stdin"
-    root: Path
-    paths: tuple[Path, ...] | None
-
-
-def is_image_path(path: Path | str) -> bool:
-    """True when the suffix is a supported image type, in any letter case."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def resolve_data(data: str, stdin: TextIO | None = None) -> SourceSpec:
-    """Interpret ``--data``. Raises InputError when it names nothing usable."""
-    if data == "-":
-        stream = stdin
-        if stream is None:
-            raise InputError("--data - reads image paths from stdin, but no stdin is attached")
-        # bytes where the stream has them: file names are bytes, and a NUL-separated list may hold any of them
-        buffer = getattr(stream, "buffer", None)
-        try:
-            raw: bytes | str = buffer.read() if buffer is not None else stream.read()
-        except OSError as err:
-            raise InputError(f"cannot read image paths from stdin: {err.strerror or err}") from None
-        paths = _parse_path_list(raw, base=Path.cwd())
-        return _listed("stdin", paths, "stdin")
-    path = Path(data).expanduser()
-    if path.is_dir():
-        return SourceSpec("dir", Path(os.path.abspath(path)), None)
-    if path.is_file():
-        if path.suffix.lower() == ".txt":
-            try:
-                listing = path.read_bytes()
-            except OSError as err:
-                raise InputError(f"cannot read image list {data!r}: {err.strerror or err}") from None
-            return _listed("list", _parse_path_list(listing, base=path.parent), data)
-        if not is_image_path(path):
-            # e.g. notes.pdf or x.csv: annotating it could only fail, as one "failed image" among none
-            raise InputError(f"--data {data!r} is not an image ({IMAGE_TYPES_TEXT}) nor a .txt list of image paths")
-        return SourceSpec("file", Path(os.path.abspath(path.parent)), (Path(os.path.abspath(path)),))
-    if any(char in _GLOB_CHARS for char in data):
-        matches = sorted(glob.glob(os.path.expanduser(data), recursive=True))
-        paths = [Path(os.path.abspath(m)) for m in matches if is_image_path(m) and os.path.isfile(m)]
-        if not paths:
-            raise InputError(f"--data glob {data!r} matches no image ({IMAGE_TYPES_TEXT})")
-        return _listed("glob", paths, data)
-    if path.exists():  # a device, FIFO or socket: nothing to list or decode (stdin is spelled '-')
-        raise InputError(
-            f"--data {data!r} is not a directory or a regular file: give a directory, image, .txt list, glob or '-'"
-        )
-    raise InputError(f"--data {data!r} does not exist: give a directory, image, .txt list, glob or '-'")
-
-
-def _parse_path_list(raw: bytes | str, base: Path) -> list[Path]:
-    """The paths of a list, absolute (relative ones are relative to ``base``).
-
-    With a NUL byte anywhere, the list is NUL-separated (``find -print0``) and each entry is a path exactly as
-    written: spaces, ``#`` and line breaks are part of a name. Otherwise it is one path per line, stripped, with empty
-    lines and ``#`` comments skipped. Bytes are decoded as the file system decodes names (undecodable bytes kept).
-    """
-    text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
-    text = text.removeprefix("\ufeff")  # a byte-order mark that Windows editors write at the start
-    if "\0" in text:
-        entries: Iterable[str] = (entry for entry in text.split("\0") if entry)
-    else:
-        entries = (line.strip() for line in text.splitlines())
-        entries = (entry for entry in entries if entry and not entry.startswith("#"))
-    return [Path(os.path.abspath(base / Path(entry).expanduser())) for entry in entries]
-
-
-def _listed(kind: str, paths: list[Path], what: str) -> SourceSpec:
-    if not paths:
-        raise InputError(f"--data {what!r} lists no image paths")
-    # The image root of a list is the deepest directory holding every listed file, so rel_path never has "..".
-    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return SourceSpec(kind, root, tuple(paths))
-
-
-def require_images(spec: SourceSpec) -> None:
-    """Raise InputError when a directory ``spec`` holds no image at all, as an empty list or glob does.
-
-    Cheap: stops at the first image found (folders in listing order, unsorted), so it costs a listing or two on any
-    real dataset; only a tree without a single image is walked whole. Lists and globs are checked when resolved.
-    """
-    if spec.paths is not None:
-        return
-    seen: set[tuple[int, int]] = set()
-    stack = [spec.root]
-    while stack:
-        directory = stack.pop()
-        try:
-            info = directory.stat()
-            if (info.st_dev, info.st_ino) in seen:
-                continue
-            seen.add((info.st_dev, info.st_ino))
-            with os.scandir(directory) as scan:
-                for entry in scan:
-                    try:
-                        if entry.is_dir():
-                            stack.append(Path(entry.path))
-                        elif is_image_path(entry.name):  # what the walk yields (see ``_walk_images``)
-                            return
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-    raise InputError(
-        f"no images found under --data {str(spec.root)!r} (looked for {IMAGE_TYPES_TEXT}, in any letter case and"
-        " every sub-folder)"
-    )
-
-
-def iter_images(spec: SourceSpec) -> Iterator[ImageSource]:
-    """Yield the images of ``spec`` in a deterministic order (sorted per directory), streaming for directories.
-
-    Listed paths are yielded whatever their suffix, so a listed non-image is reported rather than silently skipped.
-    """
-    if spec.paths is None:
-        for path in _walk_images(spec.root):
-            yield ImageSource(path, PurePosixPath(path.relative_to(spec.root).as_posix()))
-        return
-    for path in spec.paths:
-        yield ImageSource(path, PurePosixPath(path.relative_to(spec.root).as_posix()))
-
-
-def _walk_images(root: Path) -> Iterator[Path]:
-    """Images below ``root`` in path order (each folder's entries sorted by name, sub-folders entered in place),
-    following directory symlinks but never entering a directory twice (symlink-loop safe). Streams."""
-    seen: set[tuple[int, int]] = set()
-    stack = [_sorted_entries(root, seen)]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        try:
-            if entry.is_dir():
-                stack.append(_sorted_entries(Path(entry.path), seen))
-            elif is_image_path(entry.name):
-                # Anything image-named that is not a folder is yielded, regular or not (a dangling link, a FIFO):
-                # decoding then reports it, so no image is dropped without a word.
-                yield Path(entry.path)
-        except OSError:  # vanished or unreadable while listing: nothing to annotate there
-            continue
-
-
-def _sorted_entries(directory: Path, seen: set[tuple[int, int]]) -> Iterator[os.DirEntry[str]]:
-    try:
-        info = directory.stat()
-        key = (info.st_dev, info.st_ino)
-        if key in seen:
-            return iter(())
-        seen.add(key)
-        with os.scandir(directory) as scan:
-            return iter(sorted(scan, key=lambda e: e.name))
-    except OSError:
-        return iter(())
 
 
 def read_image_bgr(path: Path) -> np.ndarray:

@@ -1,0 +1,101 @@
+"""Settings -> the loaded models (a prompt source and a segmenter, through their registries) -> the annotator.
+
+The one place that chooses the device: both models load on it. The local engine and every distributed worker build
+their pipeline here (``load_models`` then ``build_annotator``), so they annotate alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from autoannotate.config import RunSettings
+from autoannotate.dataset.layout import DatasetLayout
+from autoannotate.pipeline import Annotator
+from autoannotate.polygons import PolygonPolicy
+from autoannotate.prompts import prompt_source_for
+from autoannotate.prompts.base import PromptSource
+from autoannotate.resume import Journal, PreviousRun
+from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
+from autoannotate.segmenters import load_segmenter
+from autoannotate.segmenters.base import Segmenter
+from autoannotate.writers.manifest import file_sha256
+
+
+@dataclass(frozen=True)
+class Models:
+    """What a run loaded: its prompt source and segmenter (on ``plan.device``), the images per step, the compute
+    plan, and each model's record for the manifest (``{"detector": {...}, "segmenter": {...}}``)."""
+
+    prompts: PromptSource
+    segmenter: Segmenter
+    batch: int
+    plan: ComputePlan
+    records: dict[str, Any]
+
+    @property
+    def names(self) -> dict[int, str]:
+        return self.prompts.names
+
+    @property
+    def class_ids(self) -> tuple[int, ...] | None:
+        return self.prompts.class_ids
+
+
+def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Models:
+    """Pick the device (``--device``, once), load the prompt source and the segmenter on it, size torch's threads.
+
+    ``plan`` overrides the device's default compute plan, device included (a distributed worker owns some cores).
+    Raises ModelError, ConfigError.
+    """
+    plan = plan or plan_compute(select_device(settings.runtime.device))
+    prompts = prompt_source_for(settings).build(settings, plan.device)
+    segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
+    batch = settings.runtime.batch or segmenter.default_batch()
+    apply_threads(plan)
+    return Models(prompts, segmenter, batch, plan, _model_records(settings, prompts, segmenter))
+
+
+def build_annotator(
+    settings: RunSettings,
+    models: Models,
+    layout: DatasetLayout,
+    previous: PreviousRun,
+    fingerprint: str,
+    journal: Journal | None,
+) -> Annotator:
+    """The pipeline for these settings and models (the local engine's, or one distributed worker's)."""
+    s = settings
+    return Annotator(
+        models.prompts,
+        models.segmenter,
+        PolygonPolicy(s.polygons.polygon, tolerance_px=s.polygons.tolerance, min_area_px=s.polygons.min_area),
+        layout,
+        batch=models.batch,
+        infer_workers=models.plan.infer_workers,
+        overwrite=s.output.overwrite,
+        previous=previous,
+        fingerprint=fingerprint,
+        journal=journal,
+        min_mask_score=s.segmenter.min_mask_score,
+        class_names=models.names,
+    )
+
+
+def _model_records(settings: RunSettings, prompts: PromptSource, segmenter: Segmenter) -> dict[str, Any]:
+    """Each model's name as given, the file loaded, and its sha256 (for the manifest and the resume fingerprint)."""
+    p = settings.prompts
+    det_name = p.det_model if p.boxes_from is None else f"boxes from {p.boxes_from}"
+    sam_path = segmenter.weights_path
+    records: dict[str, Any] = {}
+    for role, name, path in (
+        ("detector", det_name, prompts.weights_path),
+        ("segmenter", settings.segmenter.sam_model, sam_path),
+    ):
+        entry: dict[str, Any] = {"name": name, "path": str(path) if path else None}
+        if path and os.path.exists(path):
+            entry["sha256"] = file_sha256(path)
+        records[role] = entry
+    records["segmenter"]["variant"] = segmenter.variant or "unknown"
+    return records

@@ -1,0 +1,272 @@
+"""The seams: torch-free core modules, one-line unknown-name errors per registry, the one ``--classes`` rule, and a
+fake segmenter plus a fake input kind, registered from the test, driving a whole ``run``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from autoannotate.cli import app
+from autoannotate.engines import ENGINES, engine_entry
+from autoannotate.errors import ConfigError, ImageError, ModelError
+from autoannotate.inputs import INPUT_KINDS, InputKind, input_kind, item_from_dict
+from autoannotate.inputs.base import item_dict
+from autoannotate.inputs.image import ImageFile
+from autoannotate.polygons import polygon_to_mask
+from autoannotate.prompts import PROMPT_SOURCES, prompt_entry
+from autoannotate.prompts.base import resolve_classes
+from autoannotate.prompts.labels import LabelBoxes
+from autoannotate.quality import InstanceQuality
+from autoannotate.types import Detections, ImageOutcome, Masks, Status
+
+# --- torch-free core -------------------------------------------------------------------------------------------------
+
+TORCH_FREE = [
+    "autoannotate.types",
+    "autoannotate.config",
+    "autoannotate.pipeline",
+    "autoannotate.polygons",
+    "autoannotate.quality",
+    "autoannotate.finalize",
+    "autoannotate.inputs",
+    "autoannotate.inputs.listing",
+    "autoannotate.prompts",
+    "autoannotate.prompts.base",
+    "autoannotate.prompts.labels",
+    "autoannotate.segmenters",
+    "autoannotate.segmenters.base",
+    "autoannotate.engines",
+    "autoannotate.dataset.layout",
+    "autoannotate.dataset.yolo_seg",
+    "autoannotate.writers.coco",
+    "autoannotate.writers.dataset_yaml",
+    "autoannotate.writers.manifest",
+    "autoannotate.writers.sidecar",
+    "autoannotate.review.check",
+    "autoannotate.review.labels",
+    "autoannotate.review.preview",
+    "autoannotate.resume",
+    "autoannotate.merge",
+]
+
+
+def test_core_modules_import_with_torch_unimportable():
+    # A meta-path finder that refuses torch and ultralytics, installed before anything is imported: any import of
+    # them, however indirect, raises ImportError in the child process.
+    script = textwrap.dedent(
+        f"""
+        import importlib, sys
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "ultralytics", "torchvision"):
+                    raise ImportError("blocked for the test: " + name)
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        for module in {TORCH_FREE!r}:
+            importlib.import_module(module)
+        assert not any(m.split(".")[0] in ("torch", "ultralytics") for m in sys.modules), "torch got imported"
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+# --- registries: one line naming the known entries -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lookup", "name", "message"),
+    [
+        (input_kind, "video", "unknown input kind 'video': known kinds are image"),
+        (prompt_entry, "yoloe", "unknown prompt source 'yoloe': known sources are labels, yolo"),
+        (engine_entry, "spark", "unknown engine 'spark': known engines are local, ray"),
+    ],
+    ids=["input-kind", "prompt-source", "engine"],
+)
+def test_unknown_registry_name_is_one_line_naming_the_known(lookup: Any, name: str, message: str):
+    with pytest.raises(ConfigError) as caught:
+        lookup(name)
+    assert str(caught.value) == message
+
+
+def test_registries_hold_the_built_in_entries():
+    assert list(INPUT_KINDS) == ["image"]
+    assert list(PROMPT_SOURCES) == ["labels", "yolo"]
+    assert list(ENGINES) == ["local", "ray"]
+
+
+# --- the one --classes rule -------------------------------------------------------------------------------------------
+
+NAMES = {0: "cat", 1: "dog", 2: "Traffic light"}
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected", "error"),
+    [
+        (None, None, None),  # no filter
+        (["dog", "0"], (1, 0), None),  # names and ids mixed, order kept
+        (["DOG", "dog", "1"], (1,), None),  # any letter case; duplicates dropped
+        (["traffic light"], (2,), None),  # names with spaces
+        (["7"], None, "invalid --classes id 7: the detector has ids 0..2"),  # an id the names lack
+        (["-1"], None, "invalid --classes id -1: the detector has ids 0..2"),
+        (["zebra"], None, "invalid --classes name 'zebra': not a class of the detector (e.g. cat, dog, Traffic light)"),
+    ],
+    ids=["none", "mixed", "case-dupes", "spaces", "unknown-id", "negative-id", "unknown-name"],
+)
+def test_resolve_classes(classes: list[str] | None, expected: tuple[int, ...] | None, error: str | None):
+    if error is None:
+        assert resolve_classes(classes, NAMES, "the detector") == expected
+    else:
+        with pytest.raises(ConfigError) as caught:
+            resolve_classes(classes, NAMES, "the detector")
+        assert str(caught.value) == error
+
+
+def test_boxes_from_refuses_class_ids_its_names_lack(tmp_path: Path):
+    (tmp_path / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n5 0.5 0.5 0.4 0.4\n")
+    source = LabelBoxes(tmp_path, {0: "cat", 1: "dog"})
+    with pytest.raises(ImageError, match=r"use class id 5, which the class names do not have \(ids 0\.\.1\)"):
+        source.boxes([np.zeros((10, 20, 3), np.uint8)], [PurePosixPath("a.jpg")])
+
+
+def test_boxes_from_classes_outside_the_names_is_a_one_line_error(tmp_path: Path, mobile_sam_weights: Path):
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "boxes").mkdir()
+    (tmp_path / "boxes" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "names.yaml").write_text("names:\n  0: cat\n  1: dog\n")
+    args = ["run", "--data", str(tmp_path / "imgs"), "--boxes-from", str(tmp_path / "boxes")]
+    args += ["--names", str(tmp_path / "names.yaml"), "--sam-model", str(mobile_sam_weights), "--classes", "7"]
+    result = CliRunner().invoke(app, [*args, "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "error: invalid --classes id 7: --names has ids 0..1"
+
+
+# --- the types cross process boundaries as plain data ----------------------------------------------------------------
+
+
+def test_image_outcome_round_trips_through_a_dict():
+    quality = InstanceQuality(1, 1, 3, 0.5, 0.9, 0.8, 120, 0.7, 12, 0.95, False)
+    outcome = ImageOutcome(
+        PurePosixPath("sub/a.jpg"),
+        "/data/sub/a.jpg",
+        Status.OK,
+        label_path=Path("/out/labels/sub/a.txt"),
+        instances=1,
+        detections=2,
+        empty_masks=1,
+        resolution_wh=(640, 480),
+        quality=(quality,),
+        label_sha256="ab" * 32,
+        label_text="3 0.1 0.2 0.3 0.4 0.5 0.6\n",
+        signature=(1234, 5678),
+    )
+    data = outcome.to_dict()
+    assert data["status"] == "ok" and type(data["status"]) is str and data["rel_path"] == "sub/a.jpg"
+    assert ImageOutcome.from_dict(data) == outcome
+
+
+def test_items_round_trip_through_a_dict(tmp_path: Path):
+    item = ImageFile(tmp_path / "a.png", PurePosixPath("a.png"))
+    assert item_from_dict(item.to_dict()) == item
+
+
+def test_masks_hold_or_render():
+    held = np.zeros((2, 3, 4), bool)
+    held[1, 0, 0] = True
+    masks = Masks(np.ones(2, np.float32), np.ones(2, np.float32), (3, 4), held)
+    assert masks.mask(1)[0, 0] and len(masks) == 2
+    lazy = Masks(np.ones(2, np.float32), np.ones(2, np.float32), (3, 4), render=lambda i: held[i])
+    assert lazy.mask(1)[0, 0]
+    with pytest.raises(ValueError, match="held or a render"):
+        Masks(np.ones(1, np.float32), np.ones(1, np.float32), (3, 4))
+
+
+# --- a fake input kind and a fake segmenter drive a whole run --------------------------------------------------------
+
+
+def _grid_pixels(text: str) -> np.ndarray:
+    """A ``.grid`` file: ``H W LEVEL``; its pixels: an (H, W) gray image at LEVEL, BGR."""
+    h, w, level = (int(v) for v in text.split())
+    return np.full((h, w, 3), level, np.uint8)
+
+
+@dataclass(frozen=True)
+class GridItem:
+    """An input kind the package does not know: a text file describing an image. Its key takes a ``.png`` suffix,
+    and it places itself in the dataset as a real PNG (as a video frame will)."""
+
+    path: Path
+    rel_path: PurePosixPath
+    kind: str = "grid"
+
+    @property
+    def origin(self) -> str:
+        return str(self.path)
+
+    def read_bgr(self) -> np.ndarray:
+        return _grid_pixels(self.path.read_text())
+
+    def signature(self) -> tuple[int, int] | None:
+        info = self.path.stat()
+        return info.st_size, info.st_mtime_ns
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def place(self, layout: Any) -> None:
+        target = layout.image_link_path(self.rel_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), self.read_bgr())
+
+    def dataset_path(self, layout: Any) -> Path:
+        return Path(layout.image_link_path(self.rel_path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return item_dict(self)
+
+
+def _grid_item(path: Path, rel_path: PurePosixPath) -> GridItem:
+    return GridItem(path, rel_path.with_suffix(".png"))
+
+
+class RectangleSegmenter:
+    """A segmenter the package does not know: each mask is its box, pixel-rounded."""
+
+    variant = "rectangle"
+
+    def __init__(self, weights_path: Path) -> None:
+        self.weights_path = weights_path
+        self.calls = 0
+
+    def prepare(self, image_rgb: np.ndarray) -> tuple[int, int]:
+        return int(image_rgb.shape[0]), int(image_rgb.shape[1])
+
+    def segment(self, prepared: list[tuple[int, int]], boxes_xyxy: list[np.ndarray]) -> list[Masks]:
+        out = []
+        for (h, w), boxes in zip(prepared, boxes_xyxy, strict=True):
+            masks = np.zeros((len(boxes), h, w), bool)
+            for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
+                masks[i, y1:y2, x1:x2] = True
+            scores = np.full(len(boxes), 0.75, np.float32)
+            out.append(Masks(scores, np.full(len(boxes), 0.5, np.float32), (h, w), masks))
+        return out
+
+    def default_batch(self) -> int:
+        return 2
+
+    def release_cached_memory(self) -> None:
+        return None
