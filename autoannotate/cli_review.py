@@ -16,16 +16,10 @@ import typer
 from autoannotate import __version__
 from autoannotate.cli_errors import EXIT_FAILED_IMAGES as EXIT_PROBLEMS
 from autoannotate.cli_errors import EXIT_OK, run_guarded
+from autoannotate.dataset.yolo_seg import read_label_file
 from autoannotate.errors import ConfigError, ImageError, InputError
 from autoannotate.review.check import check_labels, format_report, report_to_dict
-from autoannotate.review.labels import (
-    LabelPair,
-    find_data_yaml,
-    iter_pairs,
-    read_image_size_wh,
-    read_label_file,
-    read_names,
-)
+from autoannotate.review.labels import LabelPair, find_data_yaml, iter_pairs, read_image_size_wh, read_names
 from autoannotate.review.preview import PreviewSample, load_sample, sample_pairs, write_previews
 from autoannotate.review.provenance import label_provenance
 from autoannotate.writers.coco import CocoImage, CocoInstance, build_coco, write_coco

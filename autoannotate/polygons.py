@@ -45,6 +45,7 @@ __all__ = [
     "PolygonPolicy",
     "mask_iou",
     "mask_to_polygons",
+    "polygon_to_local_mask",
     "polygon_to_mask",
     "polygons_to_mask",
 ]
@@ -491,6 +492,47 @@ def polygon_to_mask(polygon_xy_px: np.ndarray, resolution_wh: tuple[int, int]) -
         raise ValueError("polygon_xy_px contains non-finite coordinates")
     cv2.fillPoly(canvas, [points.astype(np.int32).reshape(-1, 1, 2)], color=1)
     return canvas.astype(bool)
+
+
+def polygon_to_local_mask(
+    polygon_xy_px: np.ndarray, resolution_wh: tuple[int, int]
+) -> tuple[int, int, np.ndarray] | None:
+    """``polygon_to_mask`` drawn only over the polygon's bounding box within the image.
+
+    Args:
+        polygon_xy_px: ``(K, 2)`` x, y pixel centres in the frame of an image of ``resolution_wh`` (any values:
+            vertices outside the image are clipped by the rasteriser, as on the full image).
+        resolution_wh: ``(width, height)`` of the image.
+
+    Returns:
+        ``(x0, y0, mask)``: ``mask`` is a ``(h, w)`` bool array whose pixel ``[r, c]`` is pixel ``[y0 + r, x0 + c]``
+        of ``polygon_to_mask(polygon_xy_px, resolution_wh)``, which is empty everywhere else; the box is the
+        int32-truncated vertices' bounding box clipped to the image. None when that box lies outside the image or
+        the polygon has no vertex. Raises ValueError as ``polygon_to_mask`` does.
+
+    The rasteriser works on the truncated integer vertices, and a shift by whole pixels moves its output by as many
+    pixels; the box's sides are the image's sides wherever the polygon crosses them, so it clips at the same places.
+    """
+    width, height = resolution_wh
+    points = np.asarray(polygon_xy_px)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"polygon_xy_px must have shape (K, 2); got {points.shape}")
+    if len(points) == 0:
+        return None
+    if not np.isfinite(points).all():
+        raise ValueError("polygon_xy_px contains non-finite coordinates")
+    pixels = points.astype(np.int32).astype(np.int64)  # the vertices polygon_to_mask draws
+    x0, y0 = (max(int(v), 0) for v in pixels.min(axis=0))
+    x1 = min(int(pixels[:, 0].max()), width - 1)
+    y1 = min(int(pixels[:, 1].max()), height - 1)
+    if x1 < x0 or y1 < y0:
+        return None
+    local = pixels - np.array([x0, y0], dtype=np.int64)
+    if local.min() < np.iinfo(np.int32).min:  # would not fit in int32 once shifted: draw the full image
+        return x0, y0, polygon_to_mask(points, resolution_wh)[y0 : y1 + 1, x0 : x1 + 1]
+    canvas = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
+    cv2.fillPoly(canvas, [local.astype(np.int32).reshape(-1, 1, 2)], color=1)
+    return x0, y0, canvas.astype(bool)
 
 
 def polygons_to_mask(polygons_xy_px: list[np.ndarray], resolution_wh: tuple[int, int]) -> np.ndarray:

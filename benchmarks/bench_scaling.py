@@ -55,7 +55,6 @@ from autoannotate.inputs.decode import read_image_bgr
 from autoannotate.inputs.listing import iter_items, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
-from autoannotate.types import Detections
 from autoannotate.runtime.allocator import tune_host_allocator
 from autoannotate.runtime.device import apply_threads, plan_compute, select_device
 from autoannotate.segmenters.sam import (
@@ -66,6 +65,7 @@ from autoannotate.segmenters.sam import (
     postprocess_logits,
     prepare_image,
 )
+from autoannotate.types import Detections
 from autoannotate.writers.atomic import write_text_atomic
 
 T = TypeVar("T")

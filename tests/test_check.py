@@ -15,9 +15,10 @@ import typer
 from typer.testing import CliRunner
 
 from autoannotate.cli_review import register
+from autoannotate.dataset.yolo_seg import parse_label_lines
 from autoannotate.errors import ConfigError, InputError
 from autoannotate.review.check import check_labels, format_report, polygon_area_norm
-from autoannotate.review.labels import find_data_yaml, iter_pairs, parse_label_lines, read_names
+from autoannotate.review.labels import find_data_yaml, iter_pairs, read_names
 
 runner = CliRunner()
 

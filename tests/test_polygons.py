@@ -21,6 +21,7 @@ from autoannotate.polygons import (
     PolygonPolicy,
     mask_iou,
     mask_to_polygons,
+    polygon_to_local_mask,
     polygon_to_mask,
     polygons_to_mask,
 )
@@ -493,6 +494,77 @@ def test_polygon_to_mask_matches_ultralytics() -> None:
     (polygon,) = mask_to_polygons(mask, SIMPLIFIED)
     theirs = utils.polygon2mask(LANDSCAPE_HW, [polygon.reshape(-1).astype(np.float32)], color=1)
     assert (polygon_to_mask(polygon, _wh(LANDSCAPE_HW)) == theirs.astype(bool)).all()
+
+
+def _pasted(polygon: np.ndarray, resolution_wh: tuple[int, int]) -> np.ndarray:
+    """``polygon_to_local_mask`` pasted at its origin on an empty full-size canvas."""
+    width, height = resolution_wh
+    full = np.zeros((height, width), dtype=bool)
+    drawn = polygon_to_local_mask(polygon, resolution_wh)
+    if drawn is not None:
+        x0, y0, mask = drawn
+        assert mask.dtype == bool and mask.ndim == 2
+        assert x0 >= 0 and y0 >= 0 and x0 + mask.shape[1] <= width and y0 + mask.shape[0] <= height
+        full[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+    return full
+
+
+@pytest.mark.parametrize(
+    ("polygon", "resolution_wh", "expected"),
+    [
+        # inside: the box of the truncated vertices, x 2..7, y 1..4
+        ([(2.9, 1.9), (7.99, 1.0), (7.5, 4.2), (2.0, 4.999)], (10, 6), (2, 1, (4, 6))),
+        # crossing the left and bottom edges: truncation toward zero (-0.5 -> 0, -3.7 -> -3), box clipped to the image
+        ([(-3.7, 2.0), (5.0, -0.5), (12.0, 9.0)], (10, 6), (0, 0, (6, 10))),
+        # a vertical line still paints its pixels
+        ([(4.0, 1.0), (4.0, 5.0), (4.0, 3.0)], (10, 6), (4, 1, (5, 1))),
+        # wholly right of the image, or no vertex: nothing to draw
+        ([(10.0, 1.0), (14.0, 1.0), (12.0, 5.0)], (10, 6), None),
+        (np.zeros((0, 2)), (10, 6), None),
+    ],
+    ids=["inside", "crossing-edges", "vertical-line", "outside", "empty"],
+)
+def test_polygon_to_local_mask_origin_and_shape(polygon, resolution_wh, expected) -> None:
+    drawn = polygon_to_local_mask(np.array(polygon, dtype=np.float64), resolution_wh)
+    assert (None if drawn is None else (drawn[0], drawn[1], drawn[2].shape)) == expected
+    assert (
+        _pasted(np.array(polygon, dtype=np.float64), resolution_wh) == polygon_to_mask(polygon, resolution_wh)
+    ).all()
+
+
+@pytest.mark.parametrize(
+    "kind", ["inside", "around-the-edges", "far-outside", "integer-degenerate"], ids=lambda kind: kind
+)
+def test_polygon_to_local_mask_equals_the_full_canvas(kind: str) -> None:
+    """Pasted at its origin, the local mask is exactly ``polygon_to_mask`` on the full (non-square) image."""
+    rng = np.random.default_rng(["inside", "around-the-edges", "far-outside", "integer-degenerate"].index(kind))
+    for _ in range(1500):
+        resolution_wh = (int(rng.integers(1, 90)), int(rng.integers(1, 60)))
+        scale = np.array(resolution_wh, dtype=np.float64)
+        k = int(rng.integers(1, 10))
+        if kind == "inside":
+            polygon = rng.uniform(0, 1, (k, 2)) * scale
+        elif kind == "around-the-edges":  # crossing and touching the sides
+            polygon = rng.uniform(-0.3, 1.3, (k, 2)) * scale
+            polygon[rng.uniform(size=(k, 2)) < 0.2] = 0.0
+        elif kind == "far-outside":
+            polygon = rng.uniform(-1.5, 1.5, (1, 2)) * scale + rng.uniform(-200, 200, (k, 2))
+        else:  # repeated vertices, lines, points, vertices on the last row and column
+            polygon = rng.integers(-2, max(resolution_wh) + 2, (k, 2)).astype(np.float64)
+            polygon[rng.integers(0, k)] = polygon[0]
+            edge = rng.uniform(size=(k, 2)) < 0.3  # on the last row or column (W - 1, H - 1) or just past it
+            polygon[edge] = (np.broadcast_to(scale, (k, 2)) - rng.integers(1, 3, (k, 2)) + 1)[edge]
+        assert (_pasted(polygon, resolution_wh) == polygon_to_mask(polygon, resolution_wh)).all(), (
+            polygon.tolist(),
+            resolution_wh,
+        )
+
+
+def test_polygon_to_local_mask_rejects_what_polygon_to_mask_rejects() -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        polygon_to_local_mask(np.array([[0.0, 0.0], [np.nan, 1.0], [2.0, 2.0]]), (10, 6))
+    with pytest.raises(ValueError, match="shape"):
+        polygon_to_local_mask(np.zeros((3, 3)), (10, 6))
 
 
 def test_polygons_to_mask_is_a_union() -> None:

@@ -17,16 +17,15 @@ from typer.testing import CliRunner
 
 from autoannotate.cli import app
 from autoannotate.engines import ENGINES, engine_entry
-from autoannotate.errors import ConfigError, ImageError, ModelError
-from autoannotate.inputs import INPUT_KINDS, InputKind, input_kind, item_from_dict
+from autoannotate.errors import ConfigError, ImageError
+from autoannotate.inputs import INPUT_KINDS, input_kind, item_from_dict
 from autoannotate.inputs.base import item_dict
 from autoannotate.inputs.image import ImageFile
-from autoannotate.polygons import polygon_to_mask
 from autoannotate.prompts import PROMPT_SOURCES, prompt_entry
 from autoannotate.prompts.base import resolve_classes
 from autoannotate.prompts.labels import LabelBoxes
 from autoannotate.quality import InstanceQuality
-from autoannotate.types import Detections, ImageOutcome, Masks, Status
+from autoannotate.types import ImageOutcome, Masks, Status
 
 # --- torch-free core -------------------------------------------------------------------------------------------------
 

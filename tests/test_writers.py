@@ -1,4 +1,4 @@
-"""File formats: exact golden strings for label lines and data.yaml; atomic writes."""
+"""File formats: exact golden strings for label lines and data.yaml; the one YOLO label reader; atomic writes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line, parse_label_file
+from autoannotate.dataset.yolo_seg import (
+    LabelLine,
+    LineProblem,
+    format_label_file,
+    format_polygon_line,
+    iter_label_lines,
+    parse_label_file,
+    parse_label_lines,
+    read_label_file,
+)
 from autoannotate.errors import OutputError
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.dataset_yaml import format_data_yaml, is_ours
@@ -62,6 +71,92 @@ def test_label_file_round_trip():
 def test_parse_label_file_rejects(text):
     with pytest.raises(ValueError, match="line 1"):
         parse_label_file(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 0.1 0.1 0.2", "line 1: odd number of coordinates (3); expected x y pairs"),
+        ("x 0.1 0.1 0.2 0.2 0.3 0.3", "line 1: non-numeric value 'x'"),
+        ("1.5 0.1 0.1 0.2 0.2 0.3 0.3", "line 1: class id '1.5' is not a non-negative integer"),
+        # a detection line is not a polygon
+        ("\n0 0.5 0.5 0.2 0.2", "line 2: polygon has 2 points; at least 3 needed"),
+        ("0 0.1 0.1 0.2 inf 0.3 0.3", "line 1: coordinate is not a finite number"),
+    ],
+    ids=["odd-count", "non-numeric", "fractional-class", "box-line", "infinite"],
+)
+def test_parse_label_file_messages(text, message):
+    with pytest.raises(ValueError) as err:
+        parse_label_file(text)
+    assert str(err.value) == message
+
+
+def test_parse_label_file_keeps_out_of_range_coordinates():
+    """The strict parser checks syntax only; the range is for ``parse_label_lines`` to report."""
+    ((class_id, polygon_norm),) = parse_label_file("3 -0.5 0.1 1.5 0.1 0.5 0.5\n")
+    assert class_id == 3
+    np.testing.assert_array_equal(polygon_norm, [[-0.5, 0.1], [1.5, 0.1], [0.5, 0.5]])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a box line becomes its 4 corners (x1 y1, x2 y1, x2 y2, x1 y2): cx 0.5 cy 0.25 w 0.5 h 0.25
+        ("1 0.5 0.25 0.5 0.25", [(1, 1, [[0.25, 0.125], [0.75, 0.125], [0.75, 0.375], [0.25, 0.375]])]),
+        # a polygon line is kept as it is; blank lines are skipped but counted
+        ("\n2 0.1 0.2 0.3 0.2 0.3 0.4\n", [(2, 2, [[0.1, 0.2], [0.3, 0.2], [0.3, 0.4]])]),
+        # a zero-size box is a box; the class id 4.0 is an integer
+        ("4.0 0.5 0.5 0 0", [(1, 4, [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])]),
+        ("0 0.5 0.5 0.2", [(1, "expected 'class cx cy w h', got 4 numbers")]),
+        ("0 0.1 0.1 0.2 0.2 0.3 0.3 0.4", [(1, "expected 'class cx cy w h', got 8 numbers")]),
+        ("0 0.5 0.5 -0.2 0.1", [(1, "box width -0.2 and height 0.1 must be >= 0")]),
+        ("0 0.5 nan 0.2 0.1", [(1, "coordinate is not a finite number")]),
+        (
+            "-1 0 0 1 1\n0 0.5 0.5 x 1",
+            [(1, "class id '-1' is not a non-negative integer"), (2, "non-numeric value 'x'")],
+        ),
+    ],
+    ids=["box", "polygon", "empty-box", "short", "odd-polygon", "negative-width", "nan", "bad-class-and-text"],
+)
+def test_iter_label_lines_with_boxes(text, expected):
+    """``--boxes-from`` reads YOLO detection lines ``class cx cy w h`` as well as polygon lines."""
+    got = []
+    for item in iter_label_lines(text, boxes=True):
+        if isinstance(item, LineProblem):
+            got.append((item.line, item.message))
+        else:
+            assert item.polygon_norm.dtype == np.float64
+            got.append((item.line, item.class_id, item.polygon_norm.tolist()))
+    assert got == expected
+
+
+def test_parse_label_lines_reports_range_and_keeps_the_line():
+    rows, problems = parse_label_lines("0 0.1 0.1 0.5 0.1 0.5 0.5\n0 0.1\n1 1.5 0.2 0.5 -0.25 0.5 0.5\n")
+    assert [(r.line, r.class_id, r.polygon_norm.shape) for r in rows] == [(1, 0, (3, 2)), (3, 1, (3, 2))]
+    assert problems == [
+        LineProblem(2, "odd number of coordinates (1); expected x y pairs"),
+        LineProblem(3, "coordinate 1.5 outside [0, 1] (+1 more)"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "rows", "problems"),
+    [
+        # ultralytics' UTF-8 byte-order mark is accepted
+        (b"\xef\xbb\xbf0 0.1 0.1 0.5 0.1 0.5 0.5\n", [(1, 0)], []),
+        (b"\xff\xfe0 0.1", [], [LineProblem(None, "not UTF-8 text")]),
+        (None, [], [LineProblem(None, "cannot read: No such file or directory")]),
+    ],
+    ids=["bom", "not-utf8", "missing"],
+)
+def test_read_label_file(tmp_path: Path, content, rows, problems):
+    path = tmp_path / "a.txt"
+    if content is not None:
+        path.write_bytes(content)
+    parsed, found = read_label_file(path)
+    assert all(isinstance(r, LabelLine) for r in parsed)
+    assert [(r.line, r.class_id) for r in parsed] == rows
+    assert found == problems
 
 
 def test_data_yaml_golden():

@@ -1,13 +1,39 @@
-"""YOLO segmentation label lines: ``<class> x1 y1 x2 y2 ...`` with coordinates normalised to [0, 1].
+"""YOLO segmentation label text: the one writer and the one reader of it.
 
-Pure formatting and parsing; no file access.
+A label file holds one line per instance, ``<class> x1 y1 x2 y2 ... xK yK`` (K >= 3), coordinates normalised to
+[0, 1] by the image's ``resolution_wh`` (pixel centres, see ``polygon_px_to_norm``). The run writes it
+(``format_polygon_line``, ``format_label_file``); ``check``, ``preview``, ``export coco`` and ``--boxes-from`` read
+it (``parse_label_lines``, ``read_label_file``), the last also accepting YOLO detection lines ``<class> cx cy w h``.
+
+Formatting and parsing are pure; ``read_label_file`` is the only function that touches a file. Parsing is per line,
+so that one bad line is reported with its number and the other lines are still read. It accepts what ultralytics
+accepts when it loads a label (blank lines skipped, a class id such as ``2.0``, an optional UTF-8 byte-order mark)
+and reports what ultralytics would reject or drop (non-numeric or non-finite values, fewer than 3 points, an odd
+number of coordinates, coordinates outside [0, 1]).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+__all__ = [
+    "DECIMALS",
+    "LabelLine",
+    "LineProblem",
+    "format_label_file",
+    "format_polygon_line",
+    "format_unit_values",
+    "iter_label_lines",
+    "parse_label_file",
+    "parse_label_lines",
+    "polygon_px_to_norm",
+    "read_label_file",
+]
 
 DECIMALS = 6
 
@@ -73,29 +99,117 @@ def format_label_file(lines: Iterable[str]) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-def iter_label_rows(text: str) -> Iterator[tuple[int, int, list[float]]]:
-    """``(line number, class id, the numbers after it)`` for each non-blank line of a YOLO label file.
+@dataclass(frozen=True)
+class LabelLine:
+    """One parsed label line.
 
-    Raises ValueError naming the line for a non-numeric value or a class id that is not a non-negative integer.
+    Attributes:
+        line: 1-based line number in the file.
+        class_id: the YOLO class id (>= 0).
+        polygon_norm: float64 ``(K, 2)`` x, y normalised to the image (pixel centres), K >= 3. A detection line
+            ``class cx cy w h`` (read with ``boxes=True``) becomes its box's 4 corners ``(x1, y1), (x2, y1),
+            (x2, y2), (x1, y2)``, so the bounding box of ``polygon_norm`` is the box in either case.
+    """
+
+    line: int
+    class_id: int
+    polygon_norm: np.ndarray
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """A problem in a label file. ``line`` is 1-based, or None for the file as a whole."""
+
+    line: int | None
+    message: str
+
+
+def iter_label_lines(text: str, *, boxes: bool = False) -> Iterator[LabelLine | LineProblem]:
+    """Parse label text line by line: a ``LabelLine`` for each line that parses, a ``LineProblem`` for each that
+    does not (in line order; blank lines are skipped).
+
+    A line parses when it is ``class x1 y1 ... xK yK`` (K >= 3) of finite numbers and a non-negative integer class
+    id; with ``boxes``, ``class cx cy w h`` (w, h >= 0) too. The range of the coordinates is not checked here (see
+    ``parse_label_lines``).
     """
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
-        if not fields:
-            continue
+        if fields:
+            yield _parse_fields(number, fields, boxes)
+
+
+def _parse_fields(number: int, fields: list[str], boxes: bool) -> LabelLine | LineProblem:
+    values: list[float] = []
+    for field in fields:
         try:
-            values = [float(v) for v in fields]
+            values.append(float(field))
         except ValueError:
-            raise ValueError(f"line {number}: non-numeric value") from None
-        if not values[0].is_integer() or values[0] < 0:
-            raise ValueError(f"line {number}: class id {fields[0]!r} is not a non-negative integer")
-        yield number, int(values[0]), values[1:]
+            return LineProblem(number, f"non-numeric value {field!r}")
+    if not values[0].is_integer() or values[0] < 0:
+        return LineProblem(number, f"class id {fields[0]!r} is not a non-negative integer")
+    coords = values[1:]
+    if boxes and len(coords) != 4 and (len(coords) % 2 or len(coords) < 6):
+        return LineProblem(number, f"expected 'class cx cy w h', got {len(coords) + 1} numbers")
+    if len(coords) % 2:
+        return LineProblem(number, f"odd number of coordinates ({len(coords)}); expected x y pairs")
+    if len(coords) < 6 and not (boxes and len(coords) == 4):
+        return LineProblem(number, f"polygon has {len(coords) // 2} points; at least 3 needed")
+    if not all(math.isfinite(v) for v in coords):
+        return LineProblem(number, "coordinate is not a finite number")
+    if len(coords) == 4:
+        cx, cy, w, h = coords
+        if w < 0 or h < 0:
+            return LineProblem(number, f"box width {w:g} and height {h:g} must be >= 0")
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        coords = [x1, y1, x2, y1, x2, y2, x1, y2]
+    return LabelLine(number, int(values[0]), np.array(coords, dtype=np.float64).reshape(-1, 2))
+
+
+def parse_label_lines(text: str, *, boxes: bool = False) -> tuple[list[LabelLine], list[LineProblem]]:
+    """Parse YOLO label text line by line (see ``iter_label_lines``).
+
+    Returns the lines that parse and a problem per line that does not. A line that parses can still have a problem:
+    coordinates outside [0, 1] are reported and the line is kept (so statistics still count it).
+    """
+    rows: list[LabelLine] = []
+    problems: list[LineProblem] = []
+    for item in iter_label_lines(text, boxes=boxes):
+        if isinstance(item, LineProblem):
+            problems.append(item)
+            continue
+        coords = item.polygon_norm.reshape(-1)
+        outside = coords[(coords < 0.0) | (coords > 1.0)]
+        if outside.size:
+            more = f" (+{outside.size - 1} more)" if outside.size > 1 else ""
+            problems.append(LineProblem(item.line, f"coordinate {float(outside[0]):g} outside [0, 1]{more}"))
+        rows.append(item)
+    return rows, problems
 
 
 def parse_label_file(text: str) -> list[tuple[int, np.ndarray]]:
-    """Parse YOLO-seg label text into ``(class_id, polygon_norm (K, 2))`` pairs. Raises ValueError naming the line."""
+    """Parse YOLO-seg label text strictly into ``(class_id, polygon_norm (K, 2))`` pairs, one per non-blank line.
+
+    Raises ValueError ``"line <n>: <problem>"`` for the first line that does not parse (see ``iter_label_lines``);
+    the range of the coordinates is not checked.
+    """
     rows: list[tuple[int, np.ndarray]] = []
-    for number, class_id, coords in iter_label_rows(text):
-        if len(coords) % 2 or len(coords) < 6:
-            raise ValueError(f"line {number}: expected >= 3 x,y pairs, got {len(coords)} numbers")
-        rows.append((class_id, np.array(coords, dtype=np.float64).reshape(-1, 2)))
+    for item in iter_label_lines(text):
+        if isinstance(item, LineProblem):
+            raise ValueError(f"line {item.line}: {item.message}")
+        rows.append((item.class_id, item.polygon_norm))
     return rows
+
+
+def read_label_file(path: Path, *, boxes: bool = False) -> tuple[list[LabelLine], list[LineProblem]]:
+    """Read and parse one label file (UTF-8, an optional byte-order mark, as ultralytics reads it).
+
+    Returns what ``parse_label_lines`` returns. An unreadable or non-UTF-8 file gives no rows and one file-level
+    problem (``line`` None).
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        return [], [LineProblem(None, f"cannot read: {err.strerror or err}")]
+    except UnicodeDecodeError:
+        return [], [LineProblem(None, "not UTF-8 text")]
+    return parse_label_lines(text, boxes=boxes)

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autoannotate.dataset.yolo_seg import iter_label_rows
-
-if TYPE_CHECKING:
-    from autoannotate.config import RunSettings
+from autoannotate.dataset.yolo_seg import LineProblem, iter_label_lines
 from autoannotate.errors import ConfigError, ImageError
 from autoannotate.prompts.base import keep_classes, resolve_classes
 from autoannotate.types import Detections
+
+if TYPE_CHECKING:
+    from autoannotate.config import RunSettings
 
 
 class LabelBoxes:
@@ -58,6 +58,11 @@ class LabelBoxes:
         return out
 
     def _read(self, path: Path, resolution_wh: tuple[int, int], class_ids: tuple[int, ...] | None) -> Detections:
+        """The boxes of one label file in pixels of a ``resolution_wh`` image, clipped to it; none without a file.
+
+        Box lines ``class cx cy w h`` and polygon lines (their bounding box) are read by
+        ``dataset.yolo_seg.iter_label_lines``; the first line that does not parse raises ImageError naming it.
+        """
         try:
             text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
@@ -65,42 +70,31 @@ class LabelBoxes:
         except (OSError, UnicodeDecodeError) as err:
             raise ImageError(f"cannot read box labels {str(path)!r}: {err}") from None
         width, height = resolution_wh
+        size = np.array([width, height, width, height], dtype=np.float64)
         xyxy, cls = [], []
-        try:
-            rows = list(iter_label_rows(text))
-        except ValueError as err:
-            raise ImageError(f"{str(path)!r} {err}") from None
-        for number, class_id, coords in rows:
-            if len(coords) == 4:
-                cx, cy, w, h = coords
-                box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-            elif len(coords) >= 6 and len(coords) % 2 == 0:
-                points = np.array(coords).reshape(-1, 2)
-                box = [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
-            else:
-                raise ImageError(
-                    f"{str(path)!r} line {number}: expected 'class cx cy w h', got {len(coords) + 1} numbers"
-                )
-            if class_ids is not None and class_id not in class_ids:
+        for row in iter_label_lines(text, boxes=True):
+            if isinstance(row, LineProblem):
+                raise ImageError(f"{str(path)!r} line {row.line}: {row.message}")
+            if class_ids is not None and row.class_id not in class_ids:
                 continue
-            scaled = np.clip(np.array(box) * [width, height, width, height], 0, [width, height, width, height])
-            xyxy.append(scaled)
-            cls.append(class_id)
+            box_xyxyn = np.concatenate([row.polygon_norm.min(axis=0), row.polygon_norm.max(axis=0)])
+            xyxy.append(np.clip(box_xyxyn * size, 0, size))
+            cls.append(row.class_id)
         n = len(xyxy)
         return Detections(np.array(xyxy, np.float32).reshape(n, 4), np.array(cls, np.int64), np.ones(n, np.float32))
 
 
 def names_from_boxes(boxes_root: Path) -> dict[int, str]:
-    """When no data.yaml is given: ``{id: "class<id>"}`` for ids 0..max seen in the label files."""
+    """When no data.yaml is given: ``{id: "class<id>"}`` for ids 0..max of the lines that ``LabelBoxes`` reads."""
     highest = -1
     for path in boxes_root.rglob("*.txt"):
         try:
-            for line in path.read_text(encoding="utf-8-sig").splitlines():
-                first = line.split(maxsplit=1)[0] if line.strip() else ""
-                if first.isdigit():
-                    highest = max(highest, int(first))
+            text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError):
             continue
+        for row in iter_label_lines(text, boxes=True):
+            if not isinstance(row, LineProblem):
+                highest = max(highest, row.class_id)
     return {i: f"class{i}" for i in range(highest + 1)}
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from autoannotate.review.labels import LabelPair, read_label_file
+from autoannotate.dataset.yolo_seg import read_label_file
+from autoannotate.review.labels import LabelPair
 
 AREA_METHOD = "shoelace on normalised coordinates (fraction of the image)"
 

@@ -1,36 +1,32 @@
-"""Read an existing YOLO-seg dataset: pair a labels tree with its images, parse label lines, read class names.
+"""Read an existing YOLO-seg dataset: pair a labels tree with its images, read class names and image sizes.
 
 Pairing follows ultralytics: the label of image ``<images_root>/a/b.jpg`` is ``<labels_root>/a/b.txt`` (suffix
-replaced, see ``DatasetLayout.label_path``). Parsing is per line, so that one bad line is reported with its number
-and the other lines of the file are still read; it accepts exactly what ``dataset.yolo_seg.parse_label_file``
-accepts, plus ultralytics' UTF-8 byte-order mark, and adds the checks ultralytics makes when it loads a label
-(coordinates in [0, 1], finite values).
+replaced, see ``DatasetLayout.label_path``). The label files themselves are parsed by the one YOLO-seg reader,
+``autoannotate.dataset.yolo_seg`` (``read_label_file``, ``LabelLine``, ``LineProblem``).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import yaml
 
 from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML
+
+# Re-exported for autoannotate.job, which imports it from here (until job.py moves to the shared reader).
+from autoannotate.dataset.yolo_seg import read_label_file
 from autoannotate.errors import ConfigError, InputError, excerpt
 from autoannotate.inputs.decode import read_image_bgr
 from autoannotate.inputs.listing import iter_items, resolve_data
 
 __all__ = [
-    "LabelLine",
     "LabelPair",
-    "LineProblem",
     "find_data_yaml",
     "iter_pairs",
-    "parse_label_lines",
     "read_image_size_wh",
     "read_label_file",
     "read_names",
@@ -52,23 +48,6 @@ class LabelPair:
     image_path: Path | None
     image_rel: PurePosixPath | None
     label_path: Path | None
-
-
-@dataclass(frozen=True)
-class LabelLine:
-    """One parsed label line: ``polygon_norm`` is float64 ``(K, 2)`` x, y normalised (pixel centres), K >= 3."""
-
-    line: int
-    class_id: int
-    polygon_norm: np.ndarray
-
-
-@dataclass(frozen=True)
-class LineProblem:
-    """A problem in a label file. ``line`` is 1-based, or None for the file as a whole."""
-
-    line: int | None
-    message: str
 
 
 def iter_pairs(labels_root: Path, images_root: Path) -> Iterator[LabelPair]:
@@ -111,65 +90,6 @@ def _walk_label_files(root: Path) -> list[Path]:
             if name.endswith(".txt") and path.is_file():
                 found.append(path)
     return sorted(found)
-
-
-def parse_label_lines(text: str) -> tuple[list[LabelLine], list[LineProblem]]:
-    """Parse YOLO-seg label text line by line.
-
-    Returns the lines that parse (``class x1 y1 ... xK yK``, K >= 3, finite numbers) and a problem per line that
-    does not. A line that parses can still have a problem: coordinates outside [0, 1] are reported and the line is
-    kept (so statistics still count it). Blank lines are skipped, as ultralytics does.
-    """
-    rows: list[LabelLine] = []
-    problems: list[LineProblem] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        values: list[float] = []
-        bad = None
-        for field in fields:
-            try:
-                values.append(float(field))
-            except ValueError:
-                bad = field
-                break
-        if bad is not None:
-            problems.append(LineProblem(number, f"non-numeric value {bad!r}"))
-            continue
-        if not values[0].is_integer() or values[0] < 0:
-            problems.append(LineProblem(number, f"class id {fields[0]!r} is not a non-negative integer"))
-            continue
-        coords = values[1:]
-        if len(coords) % 2:
-            problems.append(LineProblem(number, f"odd number of coordinates ({len(coords)}); expected x y pairs"))
-            continue
-        if len(coords) < 6:
-            problems.append(LineProblem(number, f"polygon has {len(coords) // 2} points; at least 3 needed"))
-            continue
-        if not all(math.isfinite(v) for v in coords):
-            problems.append(LineProblem(number, "coordinate is not a finite number"))
-            continue
-        outside = [v for v in coords if not 0.0 <= v <= 1.0]
-        if outside:
-            more = f" (+{len(outside) - 1} more)" if len(outside) > 1 else ""
-            problems.append(LineProblem(number, f"coordinate {outside[0]:g} outside [0, 1]{more}"))
-        rows.append(LabelLine(number, int(values[0]), np.array(coords, dtype=np.float64).reshape(-1, 2)))
-    return rows, problems
-
-
-def read_label_file(path: Path) -> tuple[list[LabelLine], list[LineProblem]]:
-    """Read and parse one label file (UTF-8, an optional byte-order mark, as ultralytics reads it).
-
-    An unreadable or non-UTF-8 file gives no rows and one file-level problem (``line`` None).
-    """
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as err:
-        return [], [LineProblem(None, f"cannot read: {err.strerror or err}")]
-    except UnicodeDecodeError:
-        return [], [LineProblem(None, "not UTF-8 text")]
-    return parse_label_lines(text)
 
 
 def read_names(data_yaml: Path) -> dict[int, str]:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import cv2
 import numpy as np
 
+from autoannotate.dataset.yolo_seg import LineProblem, parse_label_lines, read_label_file
 from autoannotate.errors import OutputError
 from autoannotate.inputs.decode import read_image_bgr
-from autoannotate.polygons import polygon_to_mask
-from autoannotate.review.labels import LabelPair, LineProblem, read_label_file
+from autoannotate.polygons import polygon_to_local_mask
+from autoannotate.review.labels import LabelPair
 from autoannotate.writers.atomic import write_bytes_atomic
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "class_color_bgr",
     "contact_sheet",
     "load_sample",
+    "preview_sample_from_label_text",
     "render_overlay",
     "sample_pairs",
     "write_previews",
@@ -91,19 +94,6 @@ def _style_for(resolution_wh: tuple[int, int]) -> _TextStyle:
     return _TextStyle(scale, max(1, round(scale * 1.6)), max(1, round(short / 400)), max(1, round(scale * 4)))
 
 
-def _local_mask(polygon_px: np.ndarray, resolution_wh: tuple[int, int]) -> tuple[int, int, np.ndarray] | None:
-    """``polygon_to_mask`` over the polygon's bounding box only: ``(x0, y0, mask (h, w) bool)``, None if outside."""
-    width, height = resolution_wh
-    pixels = np.floor(np.maximum(polygon_px, 0.0)).astype(np.int64)
-    x0, y0 = (int(v) for v in pixels.min(axis=0))
-    x1 = min(int(pixels[:, 0].max()), width - 1)
-    y1 = min(int(pixels[:, 1].max()), height - 1)
-    if x1 < x0 or y1 < y0:
-        return None
-    local = np.maximum(polygon_px, 0.0) - np.array([x0, y0], dtype=np.float64)
-    return x0, y0, polygon_to_mask(local, (x1 - x0 + 1, y1 - y0 + 1))
-
-
 def render_overlay(
     image_bgr: np.ndarray,
     instances: Sequence[OverlayInstance],
@@ -141,7 +131,7 @@ def render_overlay(
         if len(polygon_px) == 0 or not np.isfinite(polygon_px).all():
             continue
         color = class_color_bgr(class_id)
-        drawn = _local_mask(polygon_px, resolution_wh)
+        drawn = polygon_to_local_mask(polygon_px, resolution_wh)
         if drawn is not None and drawn[2].any():
             x0, y0, mask = drawn
             region = out[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
@@ -315,6 +305,33 @@ def _write_png(path: Path, image_bgr: np.ndarray) -> None:
     if not ok:
         raise OutputError(f"cannot encode {str(path)!r} as PNG")
     write_bytes_atomic(path, encoded.tobytes())
+
+
+def preview_sample_from_label_text(
+    rel_path: PurePosixPath, image_bgr: np.ndarray, label_text: str, rows: Iterable[Mapping[str, Any]] = ()
+) -> PreviewSample:
+    """The preview of one image of a run, from its label text held in memory.
+
+    Args:
+        rel_path: the image's path relative to the image root (names the overlay file).
+        image_bgr: the decoded image, ``(H, W, 3)`` uint8 BGR, the frame the label is normalised in.
+        label_text: the YOLO-seg label file's text (``dataset.yolo_seg.format_label_file``).
+        rows: the image's rows of ``instances.jsonl``: ``line`` (1-based first line of the instance, falsy when it
+            wrote none) and ``sam_iou`` are read.
+
+    Returns:
+        A sample with one normalised instance per label line that parses, in line order, scored with the
+        ``sam_iou`` of the instance it belongs to: ``split`` writes several lines per instance, so a line takes the
+        score of the nearest instance whose first line is at or before it (None before any).
+    """
+    score_by_line = {row["line"]: row["sam_iou"] for row in rows if row.get("line")}
+    first_lines = sorted(score_by_line)
+    lines, _ = parse_label_lines(label_text)
+    instances: list[OverlayInstance] = []
+    for line in lines:
+        owner = max((n for n in first_lines if n <= line.line), default=None)
+        instances.append((line.class_id, line.polygon_norm, score_by_line.get(owner) if owner else None))
+    return PreviewSample(rel_path, image_bgr, tuple(instances), normalized=True)
 
 
 def sample_pairs(pairs: Sequence[LabelPair], n: int, seed: int) -> list[LabelPair]:

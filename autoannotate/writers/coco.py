@@ -23,7 +23,7 @@ Conventions (also written into ``info.description`` of every file):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from autoannotate import __version__
+from autoannotate.dataset.yolo_seg import parse_label_lines
 from autoannotate.errors import OutputError
-from autoannotate.polygons import polygon_to_mask
+from autoannotate.polygons import polygon_to_local_mask
 from autoannotate.writers.atomic import write_text_atomic
 
 DESCRIPTION_PREFIX = "autoannotate"
@@ -67,18 +68,33 @@ def category_id(class_id: int) -> int:
 def polygon_area_px(polygon_px: np.ndarray, resolution_wh: tuple[int, int]) -> int:
     """Pixels of ``polygon_to_mask(polygon_px, resolution_wh)``, drawn only over the polygon's bounding box.
 
-    ``polygon_px`` is float ``(K, 2)``, x, y >= 0, in the frame ``polygon_to_mask`` takes (truncated to int).
-    Truncation commutes with an integer shift for non-negative values, so the local canvas gives the same pixels.
+    ``polygon_px`` is float ``(K, 2)`` x, y in the frame ``polygon_to_mask`` takes (see ``polygon_to_local_mask``).
     """
-    width, height = resolution_wh
-    pixels = np.floor(polygon_px).astype(np.int64)
-    x0, y0 = (int(v) for v in pixels.min(axis=0))
-    x1 = min(int(pixels[:, 0].max()), width - 1)
-    y1 = min(int(pixels[:, 1].max()), height - 1)
-    if x1 < x0 or y1 < y0:
-        return 0
-    local = polygon_px - np.array([x0, y0], dtype=np.float64)
-    return int(np.count_nonzero(polygon_to_mask(local, (x1 - x0 + 1, y1 - y0 + 1))))
+    drawn = polygon_to_local_mask(polygon_px, resolution_wh)
+    return 0 if drawn is None else int(np.count_nonzero(drawn[2]))
+
+
+def coco_image_from_label_text(
+    rel_path: str, resolution_wh: tuple[int, int], label_text: str, rows: Iterable[Mapping[str, Any]] = ()
+) -> CocoImage:
+    """The COCO record of one image of a run, from its label text held in memory.
+
+    Args:
+        rel_path: the image's path relative to the image root, POSIX (the ``file_name``).
+        resolution_wh: ``(width, height)`` of the decoded image, the frame the label is normalised in.
+        label_text: the YOLO-seg label file's text (``dataset.yolo_seg.format_label_file``).
+        rows: the image's rows of ``instances.jsonl``: ``line`` (1-based first line of the instance, falsy when it
+            wrote none) and ``mask_area`` (pixels) are read.
+
+    Returns:
+        One ``CocoInstance`` per label line that parses, in line order; a line that is the first line of an instance
+        takes its ``mask_area``, the other lines (the further parts of a ``split`` instance) none, so that their
+        area is the pixels of their polygon (see ``build_coco``).
+    """
+    area_by_line = {row["line"]: row["mask_area"] for row in rows if row.get("line")}
+    lines, _ = parse_label_lines(label_text)
+    instances = tuple(CocoInstance(line.class_id, line.polygon_norm, area_by_line.get(line.line)) for line in lines)
+    return CocoImage(rel_path, resolution_wh, instances)
 
 
 def build_coco(images: Sequence[CocoImage], names: Mapping[int, str], *, version: str = __version__) -> dict[str, Any]:
