@@ -40,7 +40,7 @@ from autoannotate.resume import (
     settings_fingerprint,
 )
 from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
-from autoannotate.segmenters.sam import BoxSegmenter, default_batch_size, resolve_sam_weights
+from autoannotate.segmenters import Segmenter, load_segmenter
 from autoannotate.writers import dataset_yaml
 from autoannotate.writers.atomic import TEMP_PATTERN, remove_stale_temps, write_bytes_atomic, write_text_atomic
 from autoannotate.writers.manifest import file_sha256, format_manifest
@@ -82,7 +82,7 @@ class Summary:
 class LoadedModels:
     boxes: BoxSource  # the detector, or the label files of --boxes-from
     names: dict[int, str]
-    segmenter: BoxSegmenter
+    segmenter: Segmenter
     batch: int
     plan: ComputePlan
     model_records: dict[str, Any]
@@ -146,11 +146,10 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Loade
             DetectSettings(conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids, half=s.half)
         )
         det_path = detector.weights_path
-    sam_weights = resolve_sam_weights(s.sam_model)
-    segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
-    batch = s.batch or default_batch_size(device)
+    segmenter = load_segmenter(s.sam_model, device, half=s.half)
+    batch = s.batch or segmenter.default_batch()
     apply_threads(plan)
-    records = _model_records(s, det_path, sam_weights, segmenter.variant or "unknown")
+    records = _model_records(s, det_path, segmenter.weights_path, segmenter.variant)
     return LoadedModels(boxes, names, segmenter, batch, plan, records, class_ids)
 
 
@@ -737,7 +736,9 @@ def _overlaps(a: Path, b: Path) -> bool:
     return real_a == real_b or real_a.startswith(real_b + os.sep) or real_b.startswith(real_a + os.sep)
 
 
-def _model_records(settings: RunSettings, det_path: str | None, sam_path: Path, sam_variant: str) -> dict[str, Any]:
+def _model_records(
+    settings: RunSettings, det_path: str | None, sam_path: Path | None, sam_variant: str
+) -> dict[str, Any]:
     """Each model's name as given, the file loaded, and its sha256 (for the manifest and the resume fingerprint)."""
     det_name = settings.det_model if settings.boxes_from is None else f"boxes from {settings.boxes_from}"
     records: dict[str, Any] = {}

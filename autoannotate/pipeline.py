@@ -25,9 +25,10 @@ from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.inputs.files import ImageSource, read_image_bgr
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.prompts.yolo import Detections
-from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy, stability_score
+from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy
 from autoannotate.resume import Journal, LabelEntry, PreviousRun, bytes_sha256, bytes_sha256_of, image_signature
-from autoannotate.segmenters.sam import BoxSegmenter, PreparedImage, SegmentationResult, prepare_image
+from autoannotate.segmenters.base import Segmenter
+from autoannotate.types import Masks
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.sidecar import instance_rows
 
@@ -65,18 +66,18 @@ class _Item:
     signature: tuple[int, int] | None = None  # the image file's (size, mtime_ns) when admitted
     skipped: LabelEntry | None = None  # done by an earlier run with the same settings: nothing to do
     edited: bool = False  # a label of ours that a person has changed since: kept, never redone
-    job: Future[tuple[np.ndarray, PreparedImage]] | None = None
+    job: Future[tuple[np.ndarray, Any]] | None = None
     error: str | None = None
     image_bgr: np.ndarray | None = None
-    prepared: PreparedImage | None = None
+    prepared: Any = None  # what the segmenter's prepare returned
     detections: Detections | None = None
-    segmentation: SegmentationResult | None = None  # masks aligned with detections
+    segmentation: Masks | None = None  # masks aligned with detections
 
 
-def _decode(path: Path) -> tuple[np.ndarray, PreparedImage]:
-    """Worker-thread job: decode as ultralytics trains (BGR) and resize for SAM (RGB, longest side 1024)."""
+def _decode(path: Path, segmenter: Segmenter) -> tuple[np.ndarray, Any]:
+    """Worker-thread job: decode as ultralytics trains (BGR) and prepare for the segmenter (RGB)."""
     image_bgr = read_image_bgr(path)
-    prepared = prepare_image(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+    prepared = segmenter.prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
     return image_bgr, prepared
 
 
@@ -106,7 +107,7 @@ class Annotator:
     def __init__(
         self,
         detector: BoxSource,
-        segmenter: BoxSegmenter,
+        segmenter: Segmenter,
         policy: PolygonPolicy,
         layout: DatasetLayout,
         *,
@@ -172,7 +173,7 @@ class Annotator:
         """Check the label path is free for this image, then queue its decoding."""
         item = self._check(source, claim(self.layout, source, claimed))
         if item.error is None and item.skipped is None and not item.edited:
-            item.job = pool.submit(_decode, source.path)
+            item.job = pool.submit(_decode, source.path, self.segmenter)
         return item
 
     def _check(self, source: ImageSource, duplicate_error: str | None) -> _Item:
@@ -211,9 +212,9 @@ class Annotator:
         items = [self._check(source, error) for source, error in zip(sources, duplicate_errors, strict=True)]
         for item in items:
             if item.error is None and item.skipped is None and not item.edited:
-                job: Future[tuple[np.ndarray, PreparedImage]] = Future()
+                job: Future[tuple[np.ndarray, Any]] = Future()
                 try:
-                    job.set_result(_decode(item.source.path))
+                    job.set_result(_decode(item.source.path, self.segmenter))
                 except Exception as err:
                     job.set_exception(err)
                 item.job = job
@@ -272,7 +273,7 @@ class Annotator:
                 )
             with_boxes = [(item, det) for item, det in zip(items, detections, strict=True) if len(det)]
             results = self.segmenter.segment(
-                [item.prepared for item, _ in with_boxes],  # type: ignore[misc]
+                [item.prepared for item, _ in with_boxes],
                 [det.xyxy for _, det in with_boxes],
             )
         except Exception as err:
@@ -316,7 +317,7 @@ class Annotator:
                 raise RuntimeError("a detection without a segmentation result")
             # one full-size mask at a time: a huge image with many boxes never holds them all
             mask = segmentation.mask(index)
-            sam_iou = float(segmentation.iou_pred[index])
+            sam_iou = float(segmentation.scores[index])
             # 0 disables the filter: SAM's predicted IoU is a regression output and can fall below 0
             is_dropped = self.min_mask_score > 0 and sam_iou < self.min_mask_score
             polygons = [] if is_dropped else mask_to_polygons(mask, self.policy)
@@ -331,7 +332,7 @@ class Annotator:
                     class_id=class_id,
                     det_conf=round(float(det.confidence[index]), 6),
                     sam_iou=round(sam_iou, 6),
-                    stability=round(stability_score(segmentation.low_res_logits[index], segmentation.input_hw), 6),
+                    stability=round(float(segmentation.stability[index]), 6),
                     mask_area=int(mask.sum()),
                     box_iou=round(box_iou_xyxy(box, det.xyxy[index].astype(np.float64)), 6),
                     points=sum(len(p) for p in polygons),

@@ -17,7 +17,7 @@ from autoannotate.inputs.files import iter_images, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
 from autoannotate.prompts.yolo import Detections
-from autoannotate.segmenters.sam import SegmentationResult
+from autoannotate.types import Masks
 
 
 class OutOfMemoryError(RuntimeError):
@@ -43,15 +43,32 @@ class BoxDetector:
         return out
 
 
+class _Prepared:
+    """What the stand-in's ``prepare`` keeps of an image: its ``(H, W)``."""
+
+    def __init__(self, image_rgb: np.ndarray) -> None:
+        assert image_rgb.ndim == 3 and image_rgb.shape[2] == 3 and image_rgb.dtype == np.uint8
+        self.original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+
+
 class BoxSegmenter:
     """Mask = the box itself, except taller-than-wide boxes (class 3 in ``_dataset``) get an empty mask.
 
     Records the batch size of every call."""
 
+    variant = "box"
+    weights_path = None
+
     def __init__(self, oom_above: int | None = None, always_oom: set[tuple[int, int]] | None = None):
         self.calls: list[int] = []
         self.oom_above = oom_above
         self.always_oom = always_oom or set()
+
+    def prepare(self, image_rgb):
+        return _Prepared(image_rgb)
+
+    def default_batch(self):
+        return 2
 
     def segment(self, images, boxes_xyxy):
         self.calls.append(len(images))
@@ -66,11 +83,8 @@ class BoxSegmenter:
             for i, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
                 if y2 - y1 <= x2 - x1:
                     masks[i, y1:y2, x1:x2] = True
-            results.append(
-                SegmentationResult(
-                    np.ones(len(boxes), np.float32), np.zeros((len(boxes), 256, 256), np.float32), (0, 0), (h, w), masks
-                )
-            )
+            n = len(boxes)
+            results.append(Masks(np.ones(n, np.float32), np.ones(n, np.float64), (h, w), held=masks))
         return results
 
     def release_cached_memory(self):
