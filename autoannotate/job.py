@@ -13,7 +13,7 @@ import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
@@ -253,7 +253,7 @@ class AnnotationJob:
         assert self.models is not None
         models, s = self.models, self.settings
         started = time.perf_counter()
-        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started_at = datetime.now(UTC).isoformat(timespec="seconds")
         out = self.layout.output_dir
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)

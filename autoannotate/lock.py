@@ -23,7 +23,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from autoannotate.errors import OutputError
@@ -94,7 +94,7 @@ def _take(path: Path, mode: int, what: str | None, output_dir: Path) -> int:
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "what": what,
         }
         with contextlib.suppress(OSError):  # the record only serves the message of a refused run

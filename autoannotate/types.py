@@ -58,8 +58,9 @@ class Detections:
 class Masks:
     """Masks of one image, aligned 1:1 and in order with the boxes that prompted them.
 
-    ``scores``: (N,) float32, the segmenter's predicted IoU of each mask; ``stability``: (N,) float32, SAM's
-    stability score (IoU of the mask thresholded at +-1 around its threshold) or NaN where a segmenter has none;
+    ``scores``: (N,) float32, the segmenter's predicted IoU of each mask; ``stability``: (N,) float, SAM's
+    stability score (IoU of the mask thresholded at +-1 around its threshold) or NaN where a segmenter has none
+    (float64 from SAM: float32 would move the 6th decimal that ``instances.jsonl`` writes);
     ``original_hw``: the image's ``(H, W)``, the frame of the boxes and the masks.
 
     The full-size masks are either held (``held``: (N, H, W) bool) or computed one at a time by ``render(i)``, so that

@@ -57,11 +57,10 @@ from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.runtime.allocator import tune_host_allocator
 from autoannotate.runtime.device import apply_threads, plan_compute, select_device
-from autoannotate.segmenters.sam import (
+from autoannotate.segmenters.sam import BoxSegmenter, default_decoder_batch_size
+from autoannotate.segmenters.sam_transforms import (
     SAM_IMAGE_SIZE,
-    BoxSegmenter,
     SegmentationResult,
-    default_decoder_batch_size,
     postprocess_logits,
     prepare_image,
 )
@@ -136,7 +135,7 @@ class PointTimes:
     boxes: int
     resolution_wh: tuple[int, int]
     decode_s: float
-    segment_s: float  # the whole BoxSegmenter.segment() call: encoder + decoder + post (as a cross-check)
+    segment_s: float  # one BoxSegmenter.predict() call: encoder + decoder + post (as a cross-check)
     encoder_s: float
     decoder_s: float
     postprocess_s: float
@@ -268,7 +267,7 @@ def measure_point(
     decode_s, (image_bgr, prepared) = timed(lambda: decode_for_sam(path), repeats)
     resolution_wh = (int(image_bgr.shape[1]), int(image_bgr.shape[0]))
     boxes_xyxy = fixed_boxes_xyxy(resolution_wh, boxes)
-    segment_s, results = timed(lambda: segmenter.segment([prepared], [boxes_xyxy]), repeats)
+    segment_s, results = timed(lambda: segmenter.predict([prepared], [boxes_xyxy]), repeats)
     result = results[0]
     encoder_s, embedding = encoder_only_s(segmenter, repeats)
     scale = SAM_IMAGE_SIZE / max(resolution_wh)
@@ -412,7 +411,7 @@ def run_timing(args: argparse.Namespace, work: Path) -> None:
     print_size_scaling(size_points)
     print(
         "\ncolumns: e2e = Annotator.run per image with the CLI's plan (decode, SAM, polygons, writing overlapped);"
-        " segment = one BoxSegmenter.segment() call; encoder = TinyViT at 1024x1024 alone; decoder = prompt encoder +"
+        " segment = one BoxSegmenter.predict() call; encoder = TinyViT at 1024x1024 alone; decoder = prompt encoder +"
         " mask decoder for all boxes, as many per call as segment() uses (8 on CPU); post = postprocess_logits"
         " (upscale to full size, threshold);"
         " polygons = mask_to_polygons on the stand-in's masks; (ellipse) = the same on ellipses inscribed in the"

@@ -469,7 +469,8 @@ def sam_mask_agreement(inputs: Inputs, weights: StandinWeights, settings: Settin
     from autoannotate.inputs.decode import read_image_bgr
     from autoannotate.prompts.yolo import Detector, DetectSettings
     from autoannotate.runtime.allocator import tune_host_allocator
-    from autoannotate.segmenters.sam import BoxSegmenter, prepare_image
+    from autoannotate.segmenters.sam import BoxSegmenter
+    from autoannotate.segmenters.sam_transforms import prepare_image
 
     tune_host_allocator()
     cpu = torch.device("cpu")

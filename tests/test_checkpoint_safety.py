@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from autoannotate.errors import ModelError
+from autoannotate.segmenters import load_segmenter
 from autoannotate.segmenters.sam import load_sam
 
 
@@ -107,3 +108,23 @@ def test_other_pickled_objects_are_refused_with_their_global(tmp_path: Path, mak
 def test_plain_state_dict_still_loads(mobile_sam_weights: Path):
     _, variant = load_sam(mobile_sam_weights)
     assert variant == "mobile_sam"
+
+
+@pytest.mark.parametrize("kind", ["os.system", "open"])
+def test_registry_refuses_hostile_checkpoint_and_runs_nothing(tmp_path: Path, mobile_sam_weights: Path, kind: str):
+    """``load_segmenter`` reads the file (memory-mapped) with the same weights-only unpickler: refused, nothing runs."""
+    marker = tmp_path / "MARKER"
+    payload = _ShellPayload(f"touch {marker}") if kind == "os.system" else _OpenPayload(marker)
+    path = _hostile_checkpoint(tmp_path / "sam.pt", mobile_sam_weights, payload)
+    with pytest.raises(ModelError) as err:
+        load_segmenter(str(path), "cpu")
+    message = str(err.value)
+    assert "\n" not in message and "sam.pt" in message and "not loaded" in message
+    assert not marker.exists()
+
+
+def test_registry_names_ultralytics_checkpoint(yolo_weights: Path):
+    with pytest.raises(ModelError) as err:
+        load_segmenter(str(yolo_weights), "cpu")
+    message = str(err.value)
+    assert "Ultralytics model checkpoint" in message and "not a SAM/MobileSAM state dict" in message

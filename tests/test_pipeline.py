@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ class OutOfMemoryError(RuntimeError):
 class BoxDetector:
     """Boxes from the image itself: one box per distinct non-zero grey level, class = level // 50."""
 
-    names = {0: "a", 1: "b", 2: "c", 3: "d"}
+    names: ClassVar[dict[int, str]] = {0: "a", 1: "b", 2: "c", 3: "d"}
     class_ids = None
     weights_path = None
 

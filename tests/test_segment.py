@@ -1,6 +1,7 @@
-"""Unit tests for ``segmenters.sam``: weights resolution and recognition, errors, image preparation, and the
-segmenter's contract (shapes, 1:1 box alignment, empty images). Parity with the reference is in
-``test_segment_parity.py``. Nothing here touches the network: downloads are replaced by failing stand-ins."""
+"""Unit tests for ``segmenters.sam``, ``sam_transforms`` and ``weights``: weights resolution and recognition,
+errors, image preparation, and the segmenter's contract (shapes, 1:1 box alignment, empty images, ``types.Masks``).
+Parity with the reference is in ``test_segment_parity.py``. Nothing here touches the network: downloads are replaced
+by failing stand-ins."""
 
 from __future__ import annotations
 
@@ -14,18 +15,25 @@ import pytest
 import torch
 
 from autoannotate.errors import ModelError
+from autoannotate.quality import stability_score
+from autoannotate.segmenters import Segmenter
 from autoannotate.segmenters import sam as segment
 from autoannotate.segmenters.sam import (
+    SAM_ASSET_NAMES,
     BoxSegmenter,
-    PreparedImage,
-    SegmentationResult,
     default_batch_size,
     default_decoder_batch_size,
     detect_sam_variant,
     load_sam,
-    prepare_image,
-    resolve_sam_weights,
 )
+from autoannotate.segmenters.sam_transforms import PreparedImage, SegmentationResult, prepare_image
+from autoannotate.segmenters.weights import resolve_weights
+from autoannotate.types import Masks
+
+
+def resolve_sam_weights(name_or_path: str | Path, **kwargs: Any) -> Path:
+    """``resolve_weights`` with the assets the SAM family downloads."""
+    return resolve_weights(name_or_path, assets=SAM_ASSET_NAMES, **kwargs)
 
 
 def _assert_one_line_model_error(err: pytest.ExceptionInfo[ModelError], *fragments: str) -> None:
@@ -404,10 +412,21 @@ def test_default_batch_size() -> None:
     assert default_batch_size(torch.device("cuda", 1)) == 8
 
 
-def test_from_weights_reports_device_and_variant(segmenter: BoxSegmenter) -> None:
+def test_from_weights_reports_device_and_variant(segmenter: BoxSegmenter, mobile_sam_weights: Path) -> None:
     assert segmenter.device == torch.device("cpu")
     assert segmenter.variant == "mobile_sam"
+    assert segmenter.weights_path == mobile_sam_weights
     assert not segmenter.half
+    assert segmenter.default_batch() == 1  # default_batch_size of its device
+    assert isinstance(segmenter, Segmenter)
+
+
+def test_prepare_is_prepare_image(segmenter: BoxSegmenter) -> None:
+    image = _smooth_image(70, 110)
+    prepared = segmenter.prepare(image)
+    expected = prepare_image(image)
+    assert (prepared.original_hw, prepared.input_hw) == (expected.original_hw, expected.input_hw)
+    assert torch.equal(prepared.image_1024_chw, expected.image_1024_chw)
 
 
 def test_model_without_sam_parts_is_rejected() -> None:
@@ -434,7 +453,8 @@ def test_zero_boxes_give_empty_results_without_encoding(segmenter: BoxSegmenter)
     images = [prepare_image(_smooth_image(120, 200)), prepare_image(_smooth_image(90, 60))]
     calls = _EncoderCalls(segmenter.model)
     try:
-        results = segmenter.segment(images, [np.zeros((0, 4), np.float32), np.empty((0,))])
+        results = segmenter.predict(images, [np.zeros((0, 4), np.float32), np.empty((0,))])
+        masks = segmenter.segment(images, [np.zeros((0, 4), np.float32), np.empty((0,))])
     finally:
         calls.remove()
     assert calls.batch_sizes == []
@@ -443,6 +463,10 @@ def test_zero_boxes_give_empty_results_without_encoding(segmenter: BoxSegmenter)
         assert result.masks.dtype == np.bool_
         assert result.iou_pred.shape == (0,) and result.iou_pred.dtype == np.float32
         assert result.low_res_logits is not None and result.low_res_logits.shape == (0, 256, 256)
+    assert [(m.original_hw, len(m)) for m in masks] == [((120, 200), 0), ((90, 60), 0)]
+    for m in masks:
+        assert m.held is not None and m.held.shape == (0, *m.original_hw) and m.held.dtype == np.bool_
+        assert m.scores.dtype == np.float32 and m.stability.shape == (0,)
 
 
 @pytest.mark.parametrize(
@@ -471,7 +495,7 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
 
     calls = _EncoderCalls(fast_segmenter.model)
     try:
-        results = fast_segmenter.segment(images, [boxes_portrait, np.zeros((0, 4)), boxes_landscape])
+        results = fast_segmenter.predict(images, [boxes_portrait, np.zeros((0, 4)), boxes_landscape])
     finally:
         calls.remove()
     assert calls.batch_sizes == [2]  # one pass, the box-less square image skipped
@@ -482,7 +506,7 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
     assert 0 < np.mean([r.masks.mean() for r in (results[0], results[2])]) < 1  # masks are not trivially empty/full
     chunked = BoxSegmenter(fast_segmenter.model, decoder_batch_size=2)
     monkeypatch.setattr(segment, "_POSTPROCESS_BUDGET_BYTES", 1)  # one box per full-resolution chunk
-    reversed_result: SegmentationResult = chunked.segment([images[0]], [boxes_portrait[::-1]])[0]
+    reversed_result: SegmentationResult = chunked.predict([images[0]], [boxes_portrait[::-1]])[0]
     np.testing.assert_array_equal(reversed_result.masks, results[0].masks[::-1])
     np.testing.assert_allclose(reversed_result.iou_pred, results[0].iou_pred[::-1], atol=1e-5)
 
@@ -495,14 +519,38 @@ def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
     image = (rng.random((90, 140, 3)) * 255).astype(np.uint8)
     boxes = np.array([[5, 5, 60, 70], [50, 10, 139, 89], [0, 0, 140, 90]], np.float32)
     segmenter = segment_module.BoxSegmenter.from_weights(mobile_sam_weights, "cpu")
-    (eager,) = segmenter.segment([segment_module.prepare_image(image)], [boxes])
-    assert eager.eager_masks is not None
+    (eager,) = segmenter.predict([segmenter.prepare(image)], [boxes])
+    (eager_masks,) = segmenter.segment([segmenter.prepare(image)], [boxes])
+    assert eager.eager_masks is not None and eager_masks.held is not None
     monkeypatch.setattr(segment_module, "_EAGER_MASK_BYTES", 0)
-    (lazy,) = segmenter.segment([segment_module.prepare_image(image)], [boxes])
+    (lazy,) = segmenter.predict([segmenter.prepare(image)], [boxes])
+    (lazy_masks,) = segmenter.segment([segmenter.prepare(image)], [boxes])
     assert lazy.eager_masks is None
+    assert lazy_masks.held is None and lazy_masks.render is not None
     for index in range(3):
         np.testing.assert_array_equal(lazy.mask(index), eager.masks[index])
+        np.testing.assert_array_equal(lazy_masks.mask(index), eager.masks[index])
+        np.testing.assert_array_equal(eager_masks.mask(index), eager.masks[index])
     np.testing.assert_array_equal(lazy.masks, eager.masks)
+    np.testing.assert_array_equal(lazy_masks.stability, eager_masks.stability)
+
+
+def test_segment_returns_masks_with_sam_scores_and_stability(fast_segmenter: BoxSegmenter) -> None:
+    """``segment`` is ``predict`` as ``types.Masks``: scores = predicted IoU (float32), stability = the pipeline's
+    ``stability_score`` of each box's low-res logits (float64, exactly), masks unchanged; non-square images."""
+    images = [prepare_image(_smooth_image(150, 260)), prepare_image(_smooth_image(300, 180))]
+    boxes = [np.array([[130, 0, 260, 75], [20, 40, 100, 140]], np.float32), np.array([[0, 0, 90, 150.5]])]
+    raw = fast_segmenter.predict(images, boxes)
+    masks = fast_segmenter.segment(images, boxes)
+    assert all(isinstance(m, Masks) for m in masks)
+    for result, m in zip(raw, masks, strict=True):
+        assert m.original_hw == result.original_hw and len(m) == len(result)
+        assert m.scores.dtype == np.float32
+        np.testing.assert_array_equal(m.scores, result.iou_pred)
+        expected = [stability_score(result.low_res_logits[i], result.input_hw) for i in range(len(result))]
+        assert m.stability.dtype == np.float64 and m.stability.tolist() == expected
+        for i in range(len(m)):
+            np.testing.assert_array_equal(m.mask(i), result.masks[i])
 
 
 def test_encoder_input_is_channels_last_and_decoder_chunks_follow_the_device(fast_segmenter: BoxSegmenter) -> None:
@@ -526,7 +574,7 @@ def test_encoder_input_is_channels_last_and_decoder_chunks_follow_the_device(fas
     xy = rng.uniform(0, 100, (19, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(10, 60, (19, 2))], axis=1)
     try:
-        (result,) = fast_segmenter.segment([prepare_image(_smooth_image(160, 200))], [boxes])
+        (result,) = fast_segmenter.predict([prepare_image(_smooth_image(160, 200))], [boxes])
     finally:
         for hook in hooks:
             hook.remove()

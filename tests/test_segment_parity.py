@@ -28,7 +28,8 @@ import pytest
 import torch
 
 from autoannotate.runtime.cpu_kernels import OneDnnConv2d, OneDnnLinear
-from autoannotate.segmenters.sam import BoxSegmenter, SegmentationResult, prepare_image
+from autoannotate.segmenters.sam import BoxSegmenter
+from autoannotate.segmenters.sam_transforms import SegmentationResult, prepare_image
 
 LOGIT_TOLERANCE = 1e-4
 # A mask pixel may differ only where the reference's full-resolution logit is this close to the 0 threshold.
@@ -119,16 +120,16 @@ def reference(mobile_sam_weights: Path, scenes: list[tuple[str, np.ndarray, np.n
 
 @pytest.fixture(scope="module")
 def ours_batched(ours: BoxSegmenter, scenes: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, SegmentationResult]:
-    """All three images through ONE ``segment`` call (one encoder pass over a batch of 3)."""
+    """All three images through ONE ``predict`` call (one encoder pass over a batch of 3; ``segment`` wraps it)."""
     prepared = [prepare_image(image) for _, image, _ in scenes]
-    results = ours.segment(prepared, [boxes for _, _, boxes in scenes])
+    results = ours.predict(prepared, [boxes for _, _, boxes in scenes])
     return {name: result for (name, _, _), result in zip(scenes, results, strict=True)}
 
 
 @pytest.fixture(scope="module")
 def ours_single(ours: BoxSegmenter, scenes: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, SegmentationResult]:
-    """Each image through its own ``segment`` call."""
-    return {name: ours.segment([prepare_image(image)], [boxes])[0] for name, image, boxes in scenes}
+    """Each image through its own ``predict`` call."""
+    return {name: ours.predict([prepare_image(image)], [boxes])[0] for name, image, boxes in scenes}
 
 
 @pytest.mark.parametrize("name", [name for name, _ in SCENES])
@@ -191,7 +192,7 @@ def test_bfloat16_autocast_on_cpu_keeps_shapes(
     half = BoxSegmenter(ours.model, half=True)
     assert half.device == torch.device("cpu")
     for name, image, boxes in scenes:
-        result = half.segment([prepare_image(image)], [boxes])[0]
+        result = half.predict([prepare_image(image)], [boxes])[0]
         fp32 = ours_single[name]
         assert result.masks.shape == fp32.masks.shape and result.masks.dtype == np.bool_
         assert result.iou_pred.shape == fp32.iou_pred.shape and result.iou_pred.dtype == np.float32

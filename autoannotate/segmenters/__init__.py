@@ -1,0 +1,107 @@
+"""Segmenters by content: ``SEGMENTERS``, a public registry of the families this package loads, and
+``load_segmenter``, which picks the family that recognises a checkpoint's tensors (never its file name).
+
+In the manner of segment-anything's ``sam_model_registry``, the registry is a plain dict: add an entry (in a test,
+``monkeypatch.setitem(SEGMENTERS, "fake", SegmenterEntry(...))``) and ``load_segmenter`` asks it too, in insertion
+order. Importing this package never imports torch: the built-in entries import their module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoannotate.errors import ModelError
+from autoannotate.segmenters.base import Segmenter, SegmenterEntry
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["SEGMENTERS", "Segmenter", "SegmenterEntry", "lazy_entry", "load_segmenter"]
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """Calls ``field`` of the entry ``module.entry``, importing ``module`` on the first call."""
+
+    module: str
+    entry: str
+    field: str
+
+    def __call__(self, *args: Any) -> Any:
+        target: SegmenterEntry = getattr(importlib.import_module(self.module), self.entry)
+        function: Callable[..., Any] | None = getattr(target, self.field)
+        return None if function is None else function(*args)
+
+
+def lazy_entry(
+    name: str, module: str, entry: str, *, variants: tuple[str, ...], assets: frozenset[str] = frozenset()
+) -> SegmenterEntry:
+    """An entry that stands for ``module.entry`` (a ``SegmenterEntry``) without importing ``module`` until the
+    registry asks it something; ``variants`` and ``assets`` are given here so that messages need no import."""
+    return SegmenterEntry(
+        name=name,
+        recognise=_Deferred(module, entry, "recognise"),
+        load=_Deferred(module, entry, "load"),
+        variants=variants,
+        assets=assets,
+        explain=_Deferred(module, entry, "explain"),
+    )
+
+
+#: Registered segmenter families, asked in this order which of them recognises a checkpoint.
+SEGMENTERS: dict[str, SegmenterEntry] = {
+    "sam": lazy_entry(
+        "sam",
+        "autoannotate.segmenters.sam",
+        "SAM_ENTRY",
+        variants=("mobile_sam", "sam_b", "sam_l", "sam_h"),
+        assets=frozenset({"mobile_sam.pt", "sam_b.pt", "sam_l.pt"}),
+    ),
+}
+
+
+def load_segmenter(
+    name_or_path: str | Path,
+    device: str | torch.device,
+    half: bool = False,
+    *,
+    download: Callable[..., Any] | None = None,
+) -> Segmenter:
+    """Find, read and recognise a checkpoint, then load it with the first registered family that recognises it.
+
+    Args:
+        name_or_path: A checkpoint path (any name), or an asset name of a registered family (``mobile_sam.pt``),
+            downloaded from ultralytics' assets when not found locally (see ``weights.resolve_weights``).
+        device: Where the model runs (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
+        half: Reduced-precision inference (each family says how).
+        download: The asset download function (injectable for tests).
+
+    Returns:
+        The loaded ``Segmenter``, its ``variant`` the one its family recognised.
+
+    Raises:
+        ModelError: One line naming the file and the fix: missing file, failed download, a pickled object or an
+            unreadable file, a checkpoint of a family that is not supported (SAM2, SAM3, an unknown ViT size), or one
+            that no registered family recognises.
+    """
+    from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
+
+    entries = list(SEGMENTERS.values())
+    path = resolve_weights(name_or_path, assets=frozenset().union(*(e.assets for e in entries)), download=download)
+    # Memory-mapped: recognition reads names and shapes only, and the chosen family reads the tensors it loads.
+    state_dict = read_state_dict(path, mmap=True)
+    for entry in entries:
+        variant = entry.recognise(state_dict)
+        if variant is not None:
+            del state_dict
+            return entry.load(path, device, half, variant)
+    reasons = (entry.explain(state_dict) for entry in entries if entry.explain is not None)
+    reason = next((r for r in reasons if r), None)
+    if reason is None:
+        known = ", ".join(dict.fromkeys(v for e in entries for v in (e.variants or (e.name,))))
+        reason = f"is not a checkpoint of a known segmenter (known: {known})"
+    raise ModelError(f"{weights_source(path)} {reason}; {SAM_FLAG_HINT}")

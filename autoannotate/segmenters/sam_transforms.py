@@ -1,0 +1,178 @@
+"""SAM's pure transforms: the reference resize of an image for the encoder, and the upscaling of the decoder's logits.
+
+``prepare_image`` is the reference ``ResizeLongestSide(1024).apply_image`` (Pillow bilinear, bit-identical);
+``postprocess_logits`` is the reference ``Sam.postprocess_masks`` followed by the threshold. ``SegmentationResult``
+holds what the SAM decoder returned for one image (predicted IoU, low-res logits, the two frames) and turns it into
+the torch-free ``types.Masks`` the pipeline reads. No model here: these run in decode worker threads and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from autoannotate.quality import stability_score
+from autoannotate.types import Masks
+
+__all__ = [
+    "LOW_RES_SIZE",
+    "SAM_IMAGE_SIZE",
+    "PreparedImage",
+    "SegmentationResult",
+    "postprocess_logits",
+    "prepare_image",
+    "preprocess_hw",
+]
+
+#: Side of the square frame the SAM image encoder works in; prepared images have this longest side.
+SAM_IMAGE_SIZE = 1024
+#: Side of the low-resolution logits the mask decoder returns.
+LOW_RES_SIZE = 256
+
+
+def preprocess_hw(original_hw: tuple[int, int], long_side: int = SAM_IMAGE_SIZE) -> tuple[int, int]:
+    """``(h', w')`` with longest side ``long_side``, rounded exactly like ``ResizeLongestSide.get_preprocess_shape``."""
+    h, w = original_hw
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image resized for the SAM encoder, not yet normalised or padded.
+
+    Attributes:
+        image_1024_chw: ``(3, h', w')`` uint8 RGB tensor on CPU, contiguous, with ``max(h', w') == 1024``.
+        original_hw: ``(H, W)`` of the image as decoded, the frame of input boxes and output masks.
+        input_hw: ``(h', w')`` after resizing (the frame the encoder sees before padding to 1024x1024).
+    """
+
+    image_1024_chw: torch.Tensor
+    original_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        t = self.image_1024_chw
+        if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[0] != 3 or tuple(t.shape[1:]) != tuple(self.input_hw):
+            raise ValueError(
+                f"image_1024_chw must be a (3, {self.input_hw[0]}, {self.input_hw[1]}) uint8 tensor matching "
+                f"input_hw, got {tuple(t.shape)} {t.dtype}"
+            )
+        if max(self.input_hw) != SAM_IMAGE_SIZE:
+            raise ValueError(f"input_hw must have longest side {SAM_IMAGE_SIZE}, got {self.input_hw}")
+
+
+def prepare_image(image_rgb: np.ndarray) -> PreparedImage:
+    """Resize an image for SAM exactly like the reference ``ResizeLongestSide(1024).apply_image``.
+
+    The reference converts to PIL and resizes with PIL bilinear; this calls Pillow directly with the same size and
+    filter, so the pixels are bit-identical. Pure CPU, no torch threads, safe to call from worker threads.
+
+    Args:
+        image_rgb: ``(H, W, 3)`` uint8 RGB array (convert BGR, grayscale or RGBA before calling).
+
+    Returns:
+        The ``PreparedImage`` with a ``(3, h', w')`` uint8 tensor, ``max(h', w') == 1024``.
+
+    Raises:
+        ValueError: Not an ``(H, W, 3)`` uint8 array with ``H, W >= 1``.
+    """
+    if not isinstance(image_rgb, np.ndarray):
+        raise ValueError(f"image_rgb must be a numpy array (H, W, 3) uint8 RGB, got {type(image_rgb).__name__}")
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8 or 0 in image_rgb.shape[:2]:
+        raise ValueError(
+            f"image_rgb must be an (H, W, 3) uint8 RGB array with H, W >= 1, got shape {image_rgb.shape} "
+            f"dtype {image_rgb.dtype}"
+        )
+    original_hw = (int(image_rgb.shape[0]), int(image_rgb.shape[1]))
+    input_hw = preprocess_hw(original_hw)
+    # Same calls as torchvision's to_pil_image + resize on a PIL image: Image.fromarray, then Image.resize with
+    # the (w, h) size and the BILINEAR filter.
+    pil = Image.fromarray(np.ascontiguousarray(image_rgb))
+    resized = np.asarray(pil.resize((input_hw[1], input_hw[0]), Image.Resampling.BILINEAR))
+    chw = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    return PreparedImage(image_1024_chw=chw, original_hw=original_hw, input_hw=input_hw)
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What SAM's decoder returned for one image, aligned 1:1 and in order with the boxes that prompted them
+    (``BoxSegmenter.predict``); ``to_masks()`` gives the ``types.Masks`` every segmenter returns.
+
+    Attributes:
+        iou_pred: ``(N,)`` float32, SAM's predicted IoU of each mask.
+        low_res_logits: ``(N, 256, 256)`` float32 decoder logits in the padded 1024x1024 frame (scaled by 1/4).
+        input_hw, original_hw: the resized (longest side 1024) and original ``(H, W)``.
+        eager_masks: ``(N, H, W)`` bool when they fit a memory budget, else None and ``mask(i)`` computes each one
+            on demand, so that a huge image with many boxes never holds all its full-size masks at once.
+    """
+
+    iou_pred: np.ndarray
+    low_res_logits: np.ndarray
+    input_hw: tuple[int, int]
+    original_hw: tuple[int, int]
+    eager_masks: np.ndarray | None = None
+    mask_threshold: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.iou_pred)
+
+    def mask(self, index: int) -> np.ndarray:
+        """``(H, W)`` bool mask of box ``index``, exactly as the batched postprocessing computes it."""
+        if self.eager_masks is not None:
+            return self.eager_masks[index]
+        logits = torch.from_numpy(self.low_res_logits[index : index + 1, None])
+        return postprocess_logits(logits, self.input_hw, self.original_hw, self.mask_threshold)[0].numpy()
+
+    @property
+    def masks(self) -> np.ndarray:
+        """All masks, ``(N, H, W)`` bool (materialised: prefer ``mask(i)`` for large images)."""
+        if self.eager_masks is not None:
+            return self.eager_masks
+        h, w = self.original_hw
+        out = np.empty((len(self), h, w), dtype=bool)
+        for index in range(len(self)):
+            out[index] = self.mask(index)
+        return out
+
+    def to_masks(self) -> Masks:
+        """The torch-free ``Masks``: ``scores`` = ``iou_pred`` (float32); ``stability`` = ``quality.stability_score``
+        of each box's low-res logits cropped to ``input_hw``, (N,) float64 so that the 6-decimal figures written
+        from it are those of the float ``stability_score`` returns; the eager masks held, or ``mask`` as ``render``.
+        """
+        stability = np.array(
+            [stability_score(self.low_res_logits[i], self.input_hw) for i in range(len(self))], dtype=np.float64
+        )
+        scores = self.iou_pred.astype(np.float32, copy=False)
+        if self.eager_masks is not None:
+            return Masks(scores, stability, self.original_hw, held=self.eager_masks)
+        return Masks(scores, stability, self.original_hw, render=self.mask)
+
+    @classmethod
+    def empty(cls, original_hw: tuple[int, int], input_hw: tuple[int, int] = (0, 0)) -> SegmentationResult:
+        """The result for an image with no boxes: zero masks of shape ``(0, H, W)``."""
+        return cls(
+            np.zeros((0,), np.float32),
+            np.zeros((0, LOW_RES_SIZE, LOW_RES_SIZE), np.float32),
+            input_hw,
+            original_hw,
+            np.zeros((0, *original_hw), bool),
+        )
+
+
+def postprocess_logits(
+    low_res: torch.Tensor, input_hw: tuple[int, int], original_hw: tuple[int, int], threshold: float
+) -> torch.Tensor:
+    """``(N, 1, 256, 256)`` float32 logits -> ``(N, H, W)`` bool masks on the same device.
+
+    As the reference ``Sam.postprocess_masks`` then ``> threshold``: bilinear (align_corners=False) upscale to the
+    padded 1024 frame, crop to ``input_hw``, bilinear resize to ``original_hw``.
+    """
+    x = F.interpolate(low_res, (SAM_IMAGE_SIZE, SAM_IMAGE_SIZE), mode="bilinear", align_corners=False)
+    x = x[..., : input_hw[0], : input_hw[1]]
+    x = F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
+    return x[:, 0] > threshold
