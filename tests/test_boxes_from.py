@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from autoannotate.errors import ConfigError, ImageError
+from autoannotate.prompts.base import resolve_classes
 from autoannotate.prompts.labels import LabelBoxes, names_from_boxes
 
 IMAGE = np.zeros((100, 200, 3), np.uint8)  # H 100, W 200
@@ -16,7 +17,7 @@ IMAGE = np.zeros((100, 200, 3), np.uint8)  # H 100, W 200
 def _boxes(tmp_path: Path, text: str | None, class_ids=None):
     if text is not None:
         (tmp_path / "a.txt").write_text(text)
-    (det,) = LabelBoxes(tmp_path, {0: "a", 1: "b", 2: "c"}).boxes([IMAGE], [PurePosixPath("a.jpg")], class_ids)
+    (det,) = LabelBoxes(tmp_path, {0: "a", 1: "b", 2: "c"}, class_ids).boxes([IMAGE], [PurePosixPath("a.jpg")])
     return det
 
 
@@ -52,4 +53,4 @@ def test_names_and_errors(tmp_path: Path):
     assert names_from_boxes(tmp_path) == {0: "class0", 1: "class1", 2: "class2", 3: "class3"}
     with pytest.raises(ConfigError, match="--boxes-from"):
         LabelBoxes(tmp_path / "nope", {})
-    assert LabelBoxes(tmp_path, {0: "Car"}).resolve_classes(["car", "0"]) == (0,)
+    assert resolve_classes(["car", "0"], {0: "Car"}, "--names") == (0,)

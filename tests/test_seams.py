@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 from autoannotate.cli import app
 from autoannotate.engines import ENGINES, engine_entry
 from autoannotate.errors import ConfigError, ImageError
-from autoannotate.inputs import INPUT_KINDS, input_kind, item_from_dict
+from autoannotate.inputs import INPUT_KINDS, InputKind, input_kind, item_from_dict
 from autoannotate.inputs.base import item_dict
 from autoannotate.inputs.image import ImageFile
+from autoannotate.polygons import polygon_to_mask
 from autoannotate.prompts import PROMPT_SOURCES, prompt_entry
 from autoannotate.prompts.base import resolve_classes
 from autoannotate.prompts.labels import LabelBoxes
@@ -269,3 +270,63 @@ class RectangleSegmenter:
 
     def release_cached_memory(self) -> None:
         return None
+
+
+def test_fake_segmenter_and_fake_input_kind_drive_a_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    from autoannotate.segmenters import SEGMENTERS, SegmenterEntry
+
+    loaded: list[RectangleSegmenter] = []
+
+    def load(weights_path: Path, device: Any, half: bool, variant: str) -> RectangleSegmenter:
+        loaded.append(RectangleSegmenter(weights_path))
+        return loaded[-1]
+
+    def recognise(state_dict: Any) -> str | None:
+        return "rectangle" if "rectangle.marker" in state_dict else None
+
+    # registered from here: no file of the package changes
+    monkeypatch.setitem(INPUT_KINDS, "grid", InputKind("grid", (".grid",), _grid_item))
+    monkeypatch.setitem(SEGMENTERS, "rectangle", SegmenterEntry("rectangle", recognise, load, ("rectangle",)))
+    weights = tmp_path / "rect.pt"
+    torch.save({"rectangle.marker": torch.zeros(1)}, weights)
+
+    data = tmp_path / "scenes"
+    (data / "sub").mkdir(parents=True)
+    (data / "wide.grid").write_text("40 80 120")  # H 40, W 80: non-square
+    (data / "sub" / "tall.grid").write_text("60 30 200")
+    boxes = tmp_path / "boxes"
+    (boxes / "sub").mkdir(parents=True)
+    # class cx cy w h, normalised: pixel boxes x 20..60 y 10..30, and x 0..15 y 30..60
+    (boxes / "wide.txt").write_text("1 0.5 0.5 0.5 0.5\n")
+    (boxes / "sub" / "tall.txt").write_text("0 0.25 0.75 0.5 0.5\n")
+    (tmp_path / "names.yaml").write_text("names:\n  0: cat\n  1: dog\n")
+    out = tmp_path / "out"
+    args = ["run", "--data", str(data), "--boxes-from", str(boxes), "--names", str(tmp_path / "names.yaml")]
+    args += ["--sam-model", str(weights), "--output-dir", str(out), "--tolerance", "0", "--json", "--coco"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    assert len(loaded) == 1 and loaded[0].weights_path == weights  # the registered segmenter was the one used
+    events = [line for line in result.stdout.splitlines() if '"event": "image"' in line]
+    assert len(events) == 2 and all('"status": "ok"' in line for line in events)
+    expected_boxes = {"wide": ((40, 80), 1, (20, 10, 60, 30)), "sub/tall": ((60, 30), 0, (0, 30, 15, 60))}
+    for stem, ((h, w), class_id, (x1, y1, x2, y2)) in expected_boxes.items():
+        # the item placed itself in the dataset as a real PNG with its pixels, under the key it chose
+        image = cv2.imread(str(out / "images" / f"{stem}.png"))
+        assert image is not None and image.shape == (h, w, 3)
+        (line,) = (out / "labels" / f"{stem}.txt").read_text().splitlines()
+        fields = line.split()
+        assert int(fields[0]) == class_id
+        polygon_px = np.array(fields[1:], np.float64).reshape(-1, 2) * [w, h]
+        expected = np.zeros((h, w), bool)
+        expected[y1:y2, x1:x2] = True
+        # the written polygon rasterises back to the fake segmenter's mask, as ultralytics' trainer reads it
+        np.testing.assert_array_equal(polygon_to_mask(polygon_px, (w, h)).astype(bool), expected)
+    data_yaml = (out / "data.yaml").read_text()
+    assert "0: cat" in data_yaml and "1: dog" in data_yaml
+    manifest = (out / "autoannotate.json").read_text()
+    assert '"variant": "rectangle"' in manifest
+    coco = (out / "annotations.coco.json").read_text()
+    assert '"file_name":"sub/tall.png"' in coco.replace(" ", "") and '"file_name":"wide.png"' in coco.replace(" ", "")
