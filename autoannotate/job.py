@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from autoannotate import __version__
-from autoannotate.config import RunSettings, parse_shard
+from autoannotate.config import EngineKind, RunSettings, parse_shard
 from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
 from autoannotate.errors import OutputError
 from autoannotate.inputs.files import ImageSource, SourceSpec, iter_images, resolve_data
@@ -126,29 +126,36 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Loade
     ``plan`` overrides the device's default compute plan (a distributed worker owns only some cores).
     """
     s = settings
-    device = select_device(s.device)
+    device = select_device(s.runtime.device)
     plan = plan or plan_compute(device)
     boxes: BoxSource
-    if s.boxes_from is not None:
+    if s.prompts.boxes_from is not None:
         from autoannotate.review.labels import find_data_yaml, read_names
 
-        boxes_root = Path(s.boxes_from).expanduser()
-        names_file = Path(s.names).expanduser() if s.names else find_data_yaml(boxes_root)
+        boxes_root = Path(s.prompts.boxes_from).expanduser()
+        names_file = Path(s.prompts.names).expanduser() if s.prompts.names else find_data_yaml(boxes_root)
         names = read_names(names_file) if names_file is not None else names_from_boxes(boxes_root)
         label_boxes = LabelBoxes(boxes_root, names)
-        class_ids = label_boxes.resolve_classes(s.classes)
+        class_ids = label_boxes.resolve_classes(s.prompts.classes)
         boxes, det_path = label_boxes, None
     else:
-        detector = Detector.from_weights(s.det_model, device)
+        detector = Detector.from_weights(s.prompts.det_model, device)
         names = detector.names
-        class_ids = detector.resolve_classes(s.classes)
+        class_ids = detector.resolve_classes(s.prompts.classes)
         boxes = detector.with_settings(
-            DetectSettings(conf=s.conf, iou=s.iou, imgsz=s.imgsz, max_det=s.max_det, class_ids=class_ids, half=s.half)
+            DetectSettings(
+                conf=s.prompts.conf,
+                iou=s.prompts.iou,
+                imgsz=s.prompts.imgsz,
+                max_det=s.prompts.max_det,
+                class_ids=class_ids,
+                half=s.runtime.half,
+            )
         )
         det_path = detector.weights_path
-    sam_weights = resolve_sam_weights(s.sam_model)
-    segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.half)
-    batch = s.batch or default_batch_size(device)
+    sam_weights = resolve_sam_weights(s.segmenter.sam_model)
+    segmenter = BoxSegmenter.from_weights(sam_weights, device, half=s.runtime.half)
+    batch = s.runtime.batch or default_batch_size(device)
     apply_threads(plan)
     records = _model_records(s, det_path, sam_weights, segmenter.variant or "unknown")
     return LoadedModels(boxes, names, segmenter, batch, plan, records, class_ids)
@@ -167,15 +174,17 @@ def make_annotator(
     return Annotator(
         models.boxes,
         models.segmenter,
-        PolygonPolicy(PolygonMode(s.polygon), tolerance_px=s.tolerance, min_area_px=s.min_area),
+        PolygonPolicy(
+            PolygonMode(s.polygons.polygon), tolerance_px=s.polygons.tolerance, min_area_px=s.polygons.min_area
+        ),
         layout,
         batch=models.batch,
         infer_workers=models.plan.infer_workers,
-        overwrite=s.overwrite,
+        overwrite=s.output.overwrite,
         previous=previous,
         fingerprint=fingerprint,
         journal=journal,
-        min_mask_score=s.min_mask_score,
+        min_mask_score=s.segmenter.min_mask_score,
         class_names=models.names,
         class_ids=models.class_ids,
     )
@@ -191,9 +200,9 @@ class AnnotationJob:
 
     def __init__(self, settings: RunSettings, stdin: TextIO | None = None) -> None:
         self.settings = settings
-        self.shard = parse_shard(settings.shard) if settings.shard else None
-        self.spec: SourceSpec = resolve_data(settings.data, stdin)
-        self.layout: DatasetLayout = plan_layout(self.spec, settings.data, settings.output_dir)
+        self.shard = parse_shard(settings.inputs.shard) if settings.inputs.shard else None
+        self.spec: SourceSpec = resolve_data(settings.inputs.data, stdin)
+        self.layout: DatasetLayout = plan_layout(self.spec, settings.inputs.data, settings.output.output_dir)
         refuse_overwriting_inputs(settings, self.layout)
         self.models: LoadedModels | None = None
         self.data_yaml_path: Path = self.layout.output_dir / DATA_YAML
@@ -255,18 +264,18 @@ class AnnotationJob:
         return {
             "version": __version__,
             "det_model_sha256": records["detector"].get("sha256"),
-            "boxes_from": str(Path(s.boxes_from).resolve()) if s.boxes_from else None,
+            "boxes_from": str(Path(s.prompts.boxes_from).resolve()) if s.prompts.boxes_from else None,
             "sam_model_sha256": records["segmenter"].get("sha256"),
-            "conf": s.conf,
-            "iou": s.iou,
-            "imgsz": s.imgsz,
-            "max_det": s.max_det,
+            "conf": s.prompts.conf,
+            "iou": s.prompts.iou,
+            "imgsz": s.prompts.imgsz,
+            "max_det": s.prompts.max_det,
             "classes": list(self.models.class_ids) if self.models.class_ids is not None else None,
-            "tolerance": s.tolerance,
-            "min_area": s.min_area,
-            "polygon": s.polygon,
-            "half": s.half,
-            "min_mask_score": s.min_mask_score,
+            "tolerance": s.polygons.tolerance,
+            "min_area": s.polygons.min_area,
+            "polygon": s.polygons.polygon.value,
+            "half": s.runtime.half,
+            "min_mask_score": s.segmenter.min_mask_score,
         }
 
     def begin(self) -> PreviousRun:
@@ -284,9 +293,11 @@ class AnnotationJob:
         self._check_run_outputs(previous)
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)
-        if previous.entries and previous.fingerprint not in (None, fingerprint) and not self.settings.overwrite:
+        if previous.entries and previous.fingerprint not in (None, fingerprint) and not self.settings.output.overwrite:
             self.notices.append(_changed_settings_notice(previous.settings, label_settings))
-        if self.shard is not None and (self.settings.coco or self.settings.preview or self.settings.val_fraction):
+        if self.shard is not None and (
+            self.settings.output.coco or self.settings.output.preview or self.settings.output.val_fraction
+        ):
             self.notices.append(
                 "--coco, --preview and --val-fraction cover the whole dataset, so a shard does not write them: once"
                 " every shard is done, rerun the same command without --shard (it skips every annotated image)"
@@ -300,12 +311,14 @@ class AnnotationJob:
         names = [self.files.sidecar]
         if self.shard is None:
             s = self.settings
-            if s.val_fraction > 0:
+            if s.output.val_fraction > 0:
                 names += [TRAIN_LIST, VAL_LIST]
-            if s.coco:
+            if s.output.coco:
                 names.append(COCO_NAME)
             previews = self.layout.output_dir / PREVIEWS_DIR
-            if s.preview and previews.is_dir():  # which previews a run writes depends on the sample: check them all
+            if (
+                s.output.preview and previews.is_dir()
+            ):  # which previews a run writes depends on the sample: check them all
                 out = self.layout.output_dir
                 names += sorted(p.relative_to(out).as_posix() for p in previews.rglob("*") if not p.is_dir())
         return names
@@ -313,7 +326,7 @@ class AnnotationJob:
     def _check_run_outputs(self, previous: PreviousRun) -> None:
         """Refuse, before any image, a run that would replace a file autoannotate did not write (or that a person
         changed since), unless ``--overwrite``: the same rule as for labels and data.yaml."""
-        if self.settings.overwrite:
+        if self.settings.output.overwrite:
             return
         out = self.layout.output_dir
         theirs = []
@@ -353,7 +366,7 @@ class AnnotationJob:
         out = self.layout.output_dir
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)
-        entries: dict[str, LabelEntry] = {} if s.overwrite else dict(previous.entries)
+        entries: dict[str, LabelEntry] = {} if s.output.overwrite else dict(previous.entries)
         owned = set(previous.owned)
         counts = dict.fromkeys(("images", OK, EMPTY, FAILED, SKIPPED, EDITED, "instances", "empty_masks"), 0)
         counts["dropped"] = 0
@@ -366,7 +379,7 @@ class AnnotationJob:
                 "version": __version__,
                 "state": state,
                 "started_at": started_at,
-                "shard": s.shard,
+                "shard": s.inputs.shard,
                 "settings": s.to_dict(),
                 "label_settings": label_settings,
                 "fingerprint": fingerprint,
@@ -387,7 +400,7 @@ class AnnotationJob:
         manifest_path = out / self.files.manifest
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
-        if s.engine == "ray":
+        if s.engine.engine == EngineKind.RAY:
             from autoannotate.engines.ray_engine import run_on_ray
 
             outcomes = run_on_ray(s, self.layout, previous, fingerprint, self.images(), self.files.journal)
@@ -475,8 +488,8 @@ class AnnotationJob:
             seconds=round(seconds, 3),
             images_per_s=round(counts["images"] / seconds, 3) if seconds > 0 else 0.0,
             sam_iou=score_summary(scores),
-            coco_json=str(out / COCO_NAME) if COCO_NAME in files and self.settings.coco else None,
-            previews=str(out / PREVIEWS_DIR) if self.settings.preview and self.shard is None else None,
+            coco_json=str(out / COCO_NAME) if COCO_NAME in files and self.settings.output.coco else None,
+            previews=str(out / PREVIEWS_DIR) if self.settings.output.preview and self.shard is None else None,
         )
 
     @property
@@ -567,18 +580,18 @@ class AnnotationJob:
             return written
         previous = self._previous
         assert previous is not None
-        if s.val_fraction > 0:
+        if s.output.val_fraction > 0:
             train, val = self._split(dataset)
             put(TRAIN_LIST, train.encode("utf-8"))
             put(VAL_LIST, val.encode("utf-8"))
         else:
             self._remove_ours([TRAIN_LIST, VAL_LIST], previous)  # data.yaml no longer points at them
-        if s.coco:
+        if s.output.coco:
             put(COCO_NAME, self._coco(dataset).encode("utf-8"))
         elif changed:
             self._remove_ours([COCO_NAME], previous)
         preview_files = sorted(rel for rel in previous.files if rel.startswith(PREVIEWS_DIR + "/"))
-        if s.preview:
+        if s.output.preview:
             written.update(self._write_previews(dataset))
             self._remove_ours([rel for rel in preview_files if rel not in written], previous)
         elif changed:
@@ -609,9 +622,9 @@ class AnnotationJob:
         train: list[str] = []
         val: list[str] = []
         for item in sorted(dataset, key=lambda d: d.rel_path.as_posix()):
-            (val if in_val(item.rel_path, self.settings.val_fraction) else train).append(self._images_path(item))
+            (val if in_val(item.rel_path, self.settings.output.val_fraction) else train).append(self._images_path(item))
         if not val:
-            self.notices.append(f"--val-fraction {self.settings.val_fraction} put no image in val.txt")
+            self.notices.append(f"--val-fraction {self.settings.output.val_fraction} put no image in val.txt")
         return "".join(f"{p}\n" for p in train), "".join(f"{p}\n" for p in val)
 
     def _coco(self, dataset: list[_Done]) -> str:
@@ -642,7 +655,7 @@ class AnnotationJob:
         # the N images with the smallest path hash: a deterministic sample, independent of the order of the run
         chosen = sorted(dataset, key=lambda d: hashlib.sha1(d.rel_path.as_posix().encode()).digest())
         samples = []
-        for item in sorted(chosen[: self.settings.preview], key=lambda d: d.rel_path.as_posix()):
+        for item in sorted(chosen[: self.settings.output.preview], key=lambda d: d.rel_path.as_posix()):
             lines, _ = read_label_file(self.layout.output_dir / item.label_key)
             score_by_line = {row["line"]: row["sam_iou"] for row in item.rows if row.get("line")}
             # split writes several lines per instance: each line takes the score of the instance it came from
@@ -670,13 +683,13 @@ class AnnotationJob:
     def _write_data_yaml(self) -> Path:
         """Write data.yaml, unless a data.yaml we did not write is there: then ours goes beside it."""
         assert self.models is not None
-        if self.settings.val_fraction > 0:
+        if self.settings.output.val_fraction > 0:
             train, val = TRAIN_LIST, VAL_LIST
         else:
             train = val = self.layout.images_entry
         text = dataset_yaml.format_data_yaml(self.models.names, train, val, __version__)
         path = self.layout.output_dir / DATA_YAML
-        if path.exists() and not self.settings.overwrite and not _is_our_data_yaml(path):
+        if path.exists() and not self.settings.output.overwrite and not _is_our_data_yaml(path):
             path = self.layout.output_dir / FALLBACK_DATA_YAML
             if path.exists() and not _is_our_data_yaml(path):
                 raise OutputError(
@@ -712,22 +725,22 @@ def refuse_overwriting_inputs(settings: RunSettings, layout: DatasetLayout) -> N
     """Whatever the flags, a run never writes over its own inputs: the ``--boxes-from`` labels and the ``--names``
     file. Raises OutputError (one line, with the fix)."""
     out = layout.output_dir
-    if settings.boxes_from:
-        source = Path(settings.boxes_from).expanduser()
+    if settings.prompts.boxes_from:
+        source = Path(settings.prompts.boxes_from).expanduser()
         for labels in (layout.label_root, out / "labels"):
             if _overlaps(source, labels):
                 raise OutputError(
-                    f"--boxes-from {settings.boxes_from!r} is where this run would write its labels"
+                    f"--boxes-from {settings.prompts.boxes_from!r} is where this run would write its labels"
                     f" ({str(labels)!r}), so it would overwrite its own box prompts; write the segmentation dataset"
                     f" elsewhere: --output-dir {str(out.parent / (out.name + '_seg'))!r}"
                 )
-    if settings.names:
-        names = Path(settings.names).expanduser()
+    if settings.prompts.names:
+        names = Path(settings.prompts.names).expanduser()
         for written in (out / DATA_YAML, out / FALLBACK_DATA_YAML):
             if os.path.realpath(names) == os.path.realpath(written):
                 raise OutputError(
-                    f"--names {settings.names!r} is the data.yaml this run would write; write the dataset elsewhere:"
-                    f" --output-dir {str(out.parent / (out.name + '_seg'))!r}"
+                    f"--names {settings.prompts.names!r} is the data.yaml this run would write; write the dataset"
+                    f" elsewhere: --output-dir {str(out.parent / (out.name + '_seg'))!r}"
                 )
 
 
@@ -739,9 +752,13 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 def _model_records(settings: RunSettings, det_path: str | None, sam_path: Path, sam_variant: str) -> dict[str, Any]:
     """Each model's name as given, the file loaded, and its sha256 (for the manifest and the resume fingerprint)."""
-    det_name = settings.det_model if settings.boxes_from is None else f"boxes from {settings.boxes_from}"
+    det_name = (
+        settings.prompts.det_model
+        if settings.prompts.boxes_from is None
+        else f"boxes from {settings.prompts.boxes_from}"
+    )
     records: dict[str, Any] = {}
-    for role, name, path in (("detector", det_name, det_path), ("segmenter", settings.sam_model, sam_path)):
+    for role, name, path in (("detector", det_name, det_path), ("segmenter", settings.segmenter.sam_model, sam_path)):
         entry: dict[str, Any] = {"name": name, "path": str(path) if path else None}
         if path and os.path.exists(path):
             entry["sha256"] = file_sha256(path)

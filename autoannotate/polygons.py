@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import cv2
 import numpy as np
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 
-class PolygonMode(str, Enum):
+class PolygonMode(StrEnum):
     """How the parts of one mask become polygons."""
 
     MERGE = "merge"  # all parts and holes as one polygon joined by zero-width cuts

@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from autoannotate.cli_review import register
+from autoannotate.cli.review import register
 from autoannotate.errors import ConfigError, InputError
 from autoannotate.review.check import check_labels, format_report, polygon_area_norm
 from autoannotate.review.labels import find_data_yaml, iter_pairs, parse_label_lines, read_names

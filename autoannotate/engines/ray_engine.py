@@ -62,7 +62,7 @@ class _AnnotateActor:
 
         tune_host_allocator()  # the actor's process is its own entry point
 
-        device = select_device(settings.device)
+        device = select_device(settings.runtime.device)
         models = load_models(settings, ComputePlan(device, 1, max(1, torch_threads)))
         journal = Journal(layout.output_dir / journal_name.replace(".jsonl", f".worker-{uuid.uuid4().hex[:12]}.jsonl"))
         self.annotator = make_annotator(settings, models, layout, previous, fingerprint, journal)
@@ -163,7 +163,7 @@ def run_on_ray(
     ]
     if not rows:
         return
-    with contextlib.redirect_stdout(sys.stderr), _connected(ray, settings.ray_address):
+    with contextlib.redirect_stdout(sys.stderr), _connected(ray, settings.engine.ray_address):
         yield from _annotate(ray, settings, layout, previous, fingerprint, rows, journal_name)
 
 
@@ -177,9 +177,9 @@ def _annotate(
     journal_name: str,
 ) -> Iterator[ImageOutcome]:
     resources = ray.cluster_resources()
-    gpus = settings.ray_gpus_per_worker
-    if settings.ray_workers:
-        workers = settings.ray_workers
+    gpus = settings.engine.ray_gpus_per_worker
+    if settings.engine.ray_workers:
+        workers = settings.engine.ray_workers
     elif gpus > 0:
         workers = max(1, int(resources.get("GPU", 0) / gpus))
     else:
@@ -198,7 +198,7 @@ def _annotate(
             "journal_name": journal_name,
             "torch_threads": cpus_per_worker,
         },
-        batch_size=settings.batch or 1,
+        batch_size=settings.runtime.batch or 1,
         batch_format="default",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
