@@ -1,7 +1,11 @@
-"""Run settings: one frozen dataclass, loaded as defaults < YAML config < command-line flags, then validated.
+"""Run settings: per-stage frozen dataclasses, loaded as defaults < YAML config < command-line flags, then validated.
 
-Every field here is a ``run`` option; ``configs/default.yaml`` lists them all with their defaults (a test keeps the
-two in step). Validation names the field, the value received and what is expected.
+Every field of a stage is a ``run`` option, declared once with ``option(...)``: its default, its help text, its
+value type and whether it decides label contents. That metadata drives everything else: coercion of YAML and flag
+values, unknown-option detection, the ``run`` command's options and their ``[default: ...]``, ``to_dict()``,
+``label_values()`` and ``configs/default.yaml`` (``python -m autoannotate.config --defaults`` writes it; a test keeps
+the two in step). Adding an option is a field here and the code that uses it. Validation names the field, the value
+received and what is expected.
 """
 
 from __future__ import annotations
@@ -9,17 +13,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from autoannotate.errors import ConfigError, excerpt, one_line
+from autoannotate.polygons import PolygonMode
 
-POLYGON_MODES = ("merge", "largest", "split")
-ENGINES = ("local", "ray")
 RAY_INSTALL_HINT = "--engine ray needs Ray: pip install 'autoannotate[ray]' (or pip install 'ray[data]')"
 
 #: Most shards a ``--shard I/N`` may split a run into. Every shard is a job of its own with its own manifest, and
@@ -37,74 +44,152 @@ MAX_BATCH = 1024
 #: Largest config file read: a config is a screenful of options, and reading stops here (``--config /dev/zero``).
 MAX_CONFIG_BYTES = 1024 * 1024
 
+_OPTION_KEY = "autoannotate.option"  # where option() keeps its OptionMeta in a field's metadata
+
+
+class EngineKind(StrEnum):
+    """Where a run's images are annotated."""
+
+    LOCAL = "local"  # in this process
+    RAY = "ray"  # Ray Data batch inference, on this machine or a cluster
+
+
+# ------------------------------------------------------------------------------------------------ option metadata
+
 
 @dataclass(frozen=True)
-class RunSettings:
-    """Everything ``autoannotate run`` needs to know. Defaults follow ultralytics' ``auto_annotate``."""
+class OptionMeta:
+    """How one settings field is typed, documented and used.
 
-    data: str = ""
-    det_model: str = "yolo11x.pt"
-    sam_model: str = "mobile_sam.pt"
-    conf: float = 0.25
-    iou: float = 0.45
-    imgsz: int = 640
-    max_det: int = 300
-    classes: tuple[str, ...] | None = None  # ids or names as typed; resolved against the detector's names
-    device: str = ""
-    batch: int = 0  # images per step; 0 = the fastest default for the device
-    output_dir: str | None = None
-    tolerance: float = 1.0  # polygon simplification, pixels; 0 = exact contour
-    min_area: float = 0.0  # pixels; smaller mask parts are dropped
-    polygon: str = "merge"
-    half: bool = False  # bf16 autocast on CPU, fp16 on CUDA
-    min_mask_score: float = 0.0  # drop instances whose SAM predicted IoU is below this
-    boxes_from: str | None = None  # YOLO detection labels to use as box prompts instead of a detector
-    names: str | None = None  # data.yaml with class names (for --boxes-from)
-    coco: bool = False  # also write COCO instances JSON
-    preview: int = 0  # overlays for this many sampled images, and a contact sheet
-    val_fraction: float = 0.0  # share of images listed in val.txt (the rest in train.txt); 0 = no split
-    shard: str | None = None  # "I/N": annotate only shard I of N
-    engine: str = "local"  # "local" or "ray"
-    ray_address: str | None = None  # join a running Ray cluster; None = start a local Ray
-    ray_workers: int = 0  # Ray actors (one model pair each); 0 = one per CPU (or per GPU with --ray-gpus-per-worker)
-    ray_gpus_per_worker: float = 0.0
-    overwrite: bool = False  # replace label files / data.yaml that this tool did not write
-    json: bool = False
-    quiet: bool = False
+    Attributes:
+        help: the ``run --help`` text, without its ``[default: ...]`` (added from the default or ``shown_default``).
+        kind: the value type that YAML and flag values are coerced to: ``str``, ``int``, ``float``, ``bool`` or a
+            ``StrEnum`` (flags of an enum type are typed as strings, so a bad value gets this module's message).
+        label: whether the field decides label contents (``label_values()``: the resume fingerprint's settings).
+        shown_default: the ``[default: ...]`` text when it is not the plain value; ``""`` shows none.
+        required: no usable default: help shows none and ``default.yaml`` writes ``null``.
+        order: position among the ``run`` options (help, ``to_dict()``, ``default.yaml``); None = after those that
+            have one, in declaration order.
+        short: a one-letter alias such as ``-q``.
+        yaml_help: the comment in ``default.yaml``; None = ``help``.
+        parse: a coercer of its own (YAML/flag value -> field value), used instead of the one for ``kind``.
+    """
 
-    def __post_init__(self) -> None:
-        _check(bool(self.data), "data", self.data, "a directory, image, .txt list, glob or '-'")
-        _check(0.0 <= self.conf <= 1.0, "conf", self.conf, "a number in [0, 1]")
-        _check(0.0 <= self.iou <= 1.0, "iou", self.iou, "a number in [0, 1]")
-        _check(MIN_IMGSZ <= self.imgsz <= MAX_IMGSZ, "imgsz", self.imgsz, f"an integer from {MIN_IMGSZ} to {MAX_IMGSZ}")
-        _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
-        _check(
-            0 <= self.batch <= MAX_BATCH, "batch", self.batch, f"an integer from 0 to {MAX_BATCH} (0 = device default)"
-        )
-        _check(self.tolerance >= 0.0, "tolerance", self.tolerance, "a number of pixels >= 0")
-        _check(self.min_area >= 0.0, "min_area", self.min_area, "a number of pixels >= 0")
-        _check(0.0 <= self.min_mask_score <= 1.0, "min_mask_score", self.min_mask_score, "a number in [0, 1]")
-        _check(self.preview >= 0, "preview", self.preview, "a number of images >= 0")
-        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in [0, 1)")
-        if self.shard is not None:
-            parse_shard(self.shard)
-        _check(self.engine in ENGINES, "engine", self.engine, f"one of {', '.join(ENGINES)}")
-        _check(self.ray_workers >= 0, "ray_workers", self.ray_workers, "a number of workers >= 0 (0 = automatic)")
-        _check(self.ray_gpus_per_worker >= 0, "ray_gpus_per_worker", self.ray_gpus_per_worker, "a number >= 0")
-        _check(self.polygon in POLYGON_MODES, "polygon", self.polygon, f"one of {', '.join(POLYGON_MODES)}")
-        _check(bool(self.det_model), "det_model", self.det_model, "a model file path or ultralytics asset name")
-        _check(bool(self.sam_model), "sam_model", self.sam_model, "a model file path or ultralytics asset name")
-        if self.classes is not None:
-            _check(len(self.classes) > 0, "classes", ",".join(self.classes), "class ids or names, comma-separated")
-        if self.names is not None and self.boxes_from is None:
-            # the detector names its own classes: a names file without label boxes would be silently ignored
-            raise ConfigError("--names only applies with --boxes-from; drop --names or add --boxes-from LABELS_DIR")
+    help: str
+    kind: type
+    label: bool = False
+    shown_default: str | None = None
+    required: bool = False
+    order: int | None = None
+    short: str | None = None
+    yaml_help: str | None = None
+    parse: Callable[[object], Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (for the run manifest)."""
-        out = dataclasses.asdict(self)
-        out["classes"] = list(self.classes) if self.classes is not None else None
-        return out
+
+def option(
+    default: Any,
+    *,
+    help: str,
+    kind: type | None = None,
+    label: bool = False,
+    shown_default: str | None = None,
+    required: bool = False,
+    order: int | None = None,
+    short: str | None = None,
+    yaml_help: str | None = None,
+    parse: Callable[[object], Any] | None = None,
+) -> Any:
+    """A settings field that is a ``run`` option: ``dataclasses.field(default=default)`` with its ``OptionMeta``.
+
+    ``kind`` defaults to the type of ``default`` (it must be given when the default is None).
+    """
+    if kind is None:
+        if default is None:
+            raise TypeError("option(None, ...) needs kind=: the value type cannot be told from a None default")
+        kind = type(default)
+    meta = OptionMeta(help, kind, label, shown_default, required, order, short, yaml_help, parse)
+    return field(default=default, metadata={_OPTION_KEY: meta})
+
+
+@dataclass(frozen=True)
+class SettingOption:
+    """One ``run`` option: the stage field of ``RunSettings`` holding it, the dataclass field, its metadata."""
+
+    stage: str
+    field: dataclasses.Field[Any]
+    meta: OptionMeta
+
+    @property
+    def name(self) -> str:
+        """The flat key (``max_det``): config files, ``build_settings`` overrides, ``to_dict()``."""
+        return self.field.name
+
+    @property
+    def default(self) -> Any:
+        return self.field.default
+
+    def value(self, settings: RunSettings) -> Any:
+        """This option's value in ``settings``."""
+        return getattr(getattr(settings, self.stage), self.name)
+
+
+def stage_classes(settings_cls: type[RunSettings] | None = None) -> dict[str, type]:
+    """``{stage field name: stage dataclass}`` of ``settings_cls``, in declaration order; each stage field is
+    declared with ``default_factory=`` its dataclass."""
+    out: dict[str, type] = {}
+    for stage in dataclasses.fields(settings_cls or RunSettings):
+        factory = stage.default_factory
+        if not (isinstance(factory, type) and dataclasses.is_dataclass(factory)):
+            raise TypeError(f"settings field {stage.name!r} must be declared with default_factory=<stage dataclass>")
+        out[stage.name] = factory
+    return out
+
+
+def option_fields(settings_cls: type[RunSettings] | None = None) -> tuple[SettingOption, ...]:
+    """Every ``run`` option of ``settings_cls`` (default ``RunSettings``), in the order ``run --help`` lists them."""
+    found: list[SettingOption] = []
+    for stage, cls in stage_classes(settings_cls).items():
+        for item in dataclasses.fields(cls):
+            meta = item.metadata.get(_OPTION_KEY)
+            if not isinstance(meta, OptionMeta):
+                raise TypeError(f"{cls.__name__}.{item.name} must be declared with option(...)")
+            found.append(SettingOption(stage, item, meta))
+    names = [o.name for o in found]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise TypeError(f"option names must be unique across stages; repeated: {', '.join(duplicates)}")
+    ranked = sorted(enumerate(found), key=lambda p: (p[1].meta.order is None, p[1].meta.order or 0, p[0]))
+    return tuple(o for _, o in ranked)
+
+
+def option_name(field: str) -> str:
+    """``max_det`` -> ``--max-det``: how the user spells a field on the command line."""
+    return "--" + field.replace("_", "-")
+
+
+def shown_default(item: SettingOption) -> str:
+    """What ``[default: ...]`` says for ``item`` in ``run --help``; ``""`` when help shows no default."""
+    meta, value = item.meta, item.default
+    if meta.shown_default is not None:
+        return meta.shown_default
+    if meta.required or value is None:
+        return ""
+    if isinstance(value, bool):
+        flag = item.name.replace("_", "-")
+        return flag if value else f"no-{flag}"
+    if isinstance(value, str):  # an enum member too: its value
+        return str(value) or "''"
+    return str(value)
+
+
+def help_text(item: SettingOption) -> str:
+    """The ``run --help`` text of ``item``: its help and, where there is one, ``[default: ...]``. The options default
+    to None (only what the user typed overrides a config file), so the framework cannot know the real default."""
+    shown = shown_default(item)
+    return f"{item.meta.help}  [default: {shown}]" if shown else item.meta.help
+
+
+# ------------------------------------------------------------------------------------------------------ validation
 
 
 def _check(ok: bool, field: str, value: object, expected: str) -> None:
@@ -117,42 +202,17 @@ def _invalid(field: str, value: object, expected: str) -> ConfigError:
     return ConfigError(f"invalid {option_name(field)} {excerpt(value)}: expected {expected}")
 
 
-def option_name(field: str) -> str:
-    """``max_det`` -> ``--max-det``: how the user spells a field on the command line."""
-    return "--" + field.replace("_", "-")
+def _member(kind: type[StrEnum], field: str, value: object) -> Any:
+    """``value`` as a member of the enum ``kind``, or ConfigError listing the members."""
+    for member in kind:
+        if member.value == value:  # a member itself too (a StrEnum member equals its value)
+            return member
+    raise _invalid(field, value, f"one of {', '.join(m.value for m in kind)}")
 
 
-_FIELD_TYPES: dict[str, type] = {
-    "data": str,
-    "det_model": str,
-    "sam_model": str,
-    "conf": float,
-    "iou": float,
-    "imgsz": int,
-    "max_det": int,
-    "classes": tuple,
-    "device": str,
-    "batch": int,
-    "output_dir": str,
-    "tolerance": float,
-    "min_area": float,
-    "polygon": str,
-    "half": bool,
-    "min_mask_score": float,
-    "boxes_from": str,
-    "names": str,
-    "coco": bool,
-    "preview": int,
-    "val_fraction": float,
-    "shard": str,
-    "engine": str,
-    "ray_address": str,
-    "ray_workers": int,
-    "ray_gpus_per_worker": float,
-    "overwrite": bool,
-    "json": bool,
-    "quiet": bool,
-}
+def _set_member(settings: object, field: str, kind: type[StrEnum]) -> None:
+    """Normalise a plain string to the enum member (frozen dataclasses allow themselves this one write)."""
+    object.__setattr__(settings, field, _member(kind, field, getattr(settings, field)))
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -190,38 +250,354 @@ def parse_classes(value: object) -> tuple[str, ...] | None:
     return out
 
 
-def _coerce(field: str, value: Any) -> Any:
-    """Coerce a YAML/CLI value to the field's type, or raise ConfigError naming the field."""
-    kind = _FIELD_TYPES[field]
-    if field == "classes":
-        return parse_classes(value)
+# ---------------------------------------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Which images a run reads."""
+
+    data: str = option(
+        "",
+        help="Images: a directory (recursive), one image, a .txt list of paths, a quoted glob, or '-' for paths on"
+        " stdin (one per line, or NUL-separated as find -print0 writes them: detected by the NUL byte).",
+        required=True,
+        order=10,
+        yaml_help='images: a directory (recursive), one image, a .txt list of paths, a glob, or "-" for stdin'
+        " (required)",
+    )
+    shard: str | None = option(
+        None,
+        kind=str,
+        help=f"I/N: annotate only shard I (0-based) of N <= {MAX_SHARDS}, chosen by path; N runs into one output dir"
+        " = one full run.",
+        order=220,
+        yaml_help=f'"I/N": annotate only shard I of N <= {MAX_SHARDS} (by path relative to data; N runs = one full'
+        " run)",
+    )
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data), "data", self.data, "a directory, image, .txt list, glob or '-'")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """Where the box prompts come from: a YOLO detector and its thresholds, or YOLO detection labels."""
+
+    det_model: str = option(
+        "yolo11x.pt",
+        help="YOLO detector: path or ultralytics asset name.",
+        order=20,
+        yaml_help="YOLO detector: a local path or an ultralytics asset name (downloaded when online)",
+    )
+    conf: float = option(
+        0.25, help="Detector confidence threshold.", label=True, order=40, yaml_help="detector confidence threshold"
+    )
+    iou: float = option(
+        0.45, help="Detector NMS IoU threshold.", label=True, order=50, yaml_help="detector NMS IoU threshold"
+    )
+    imgsz: int = option(
+        640,
+        help=f"Detector input size, pixels ({MIN_IMGSZ} to {MAX_IMGSZ}).",
+        label=True,
+        order=60,
+        yaml_help=f"detector input size, pixels ({MIN_IMGSZ} to {MAX_IMGSZ})",
+    )
+    max_det: int = option(
+        300, help="Most detections per image.", label=True, order=70, yaml_help="most detections per image"
+    )
+    # ids or names as typed; resolved against the detector's names
+    classes: tuple[str, ...] | None = option(
+        None,
+        kind=str,
+        parse=parse_classes,
+        help="Keep only these classes: ids or names, comma-separated.",
+        label=True,
+        shown_default="all",
+        order=80,
+        yaml_help="keep only these classes: a list of ids or names, e.g. [person, 2]",
+    )
+    boxes_from: str | None = option(
+        None,
+        kind=str,
+        help="YOLO detection labels (class cx cy w h, paths mirroring the images) to use as box prompts "
+        "instead of a detector; class ids are kept.",
+        label=True,
+        order=170,
+        yaml_help="YOLO detection labels (class cx cy w h) to use as box prompts instead of a detector",
+    )
+    names: str | None = option(
+        None,
+        kind=str,
+        help="data.yaml with class names (only with --boxes-from).",
+        order=180,
+        yaml_help="data.yaml with class names; only with boxes-from",
+    )
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.conf <= 1.0, "conf", self.conf, "a number in [0, 1]")
+        _check(0.0 <= self.iou <= 1.0, "iou", self.iou, "a number in [0, 1]")
+        _check(MIN_IMGSZ <= self.imgsz <= MAX_IMGSZ, "imgsz", self.imgsz, f"an integer from {MIN_IMGSZ} to {MAX_IMGSZ}")
+        _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
+        _check(bool(self.det_model), "det_model", self.det_model, "a model file path or ultralytics asset name")
+        if self.classes is not None:
+            _check(len(self.classes) > 0, "classes", ",".join(self.classes), "class ids or names, comma-separated")
+        if self.names is not None and self.boxes_from is None:
+            # the detector names its own classes: a names file without label boxes would be silently ignored
+            raise ConfigError("--names only applies with --boxes-from; drop --names or add --boxes-from LABELS_DIR")
+
+
+@dataclass(frozen=True)
+class SegmenterSettings:
+    """The box-prompted segmenter and which of its masks to keep."""
+
+    sam_model: str = option(
+        "mobile_sam.pt",
+        help="MobileSAM (or SAM b/l) checkpoint: path or ultralytics asset name.",
+        order=30,
+        yaml_help="MobileSAM (or SAM b/l) checkpoint: local path or ultralytics asset name",
+    )
+    min_mask_score: float = option(
+        0.0,
+        help="Drop instances whose SAM predicted IoU is below this.",
+        label=True,
+        order=160,
+        yaml_help="drop instances whose SAM predicted IoU is below this (listed in instances.jsonl as dropped)",
+    )
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.min_mask_score <= 1.0, "min_mask_score", self.min_mask_score, "a number in [0, 1]")
+        _check(bool(self.sam_model), "sam_model", self.sam_model, "a model file path or ultralytics asset name")
+
+
+@dataclass(frozen=True)
+class PolygonSettings:
+    """How masks become polygon labels."""
+
+    polygon: PolygonMode = option(
+        PolygonMode.MERGE,
+        help="merge: one polygon per mask, parts and holes joined by zero-width cuts; largest: the largest part; "
+        "split: one line per part.",
+        label=True,
+        order=140,
+        yaml_help="merge (parts and holes in one polygon) | largest (largest part) | split (one line per part)",
+    )
+    tolerance: float = option(
+        1.0,
+        help="Polygon simplification in pixels; 0 = exact contour.",
+        label=True,
+        order=120,
+        yaml_help="polygon simplification, pixels; 0 = exact contour",
+    )
+    min_area: float = option(
+        0.0,
+        help="Drop mask parts smaller than this many pixels.",
+        label=True,
+        order=130,
+        yaml_help="drop mask parts (and fill holes) smaller than this many pixels",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.tolerance >= 0.0, "tolerance", self.tolerance, "a number of pixels >= 0")
+        _check(self.min_area >= 0.0, "min_area", self.min_area, "a number of pixels >= 0")
+        _set_member(self, "polygon", PolygonMode)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where and how fast inference runs: device, batch size, precision."""
+
+    device: str = option(
+        "",
+        help="'' auto (first GPU, else CPU), 'cpu', 'cuda:0' or '0'.",
+        order=90,
+        yaml_help='"" auto (first GPU, else CPU), cpu, cuda:0 or 0',
+    )
+    batch: int = option(  # images per step; 0 = the fastest default for the device
+        0,
+        help=f"Images per step, at most {MAX_BATCH}; 0 = the fastest default for the device.",
+        order=100,
+        yaml_help=f"images per step (at most {MAX_BATCH}); 0 = the fastest default for the device (CPU 1, CUDA 8)",
+    )
+    half: bool = option(
+        False,
+        help="Reduced precision: bf16 autocast on CPU, fp16 on CUDA.",
+        label=True,
+        order=150,
+        yaml_help="reduced precision: bf16 autocast on CPUs that have it, fp16 on CUDA",
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            0 <= self.batch <= MAX_BATCH, "batch", self.batch, f"an integer from 0 to {MAX_BATCH} (0 = device default)"
+        )
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What a run writes besides the labels, and where."""
+
+    output_dir: str | None = option(
+        None,
+        kind=str,
+        help="Dataset root to write.",
+        shown_default="the parent of an 'images' dir holding --data, else <data>_auto_annotate beside it",
+        order=110,
+        yaml_help='dataset root; null = parent of an "images" dir holding data, else <data>_auto_annotate',
+    )
+    coco: bool = option(
+        False,
+        help="Also write annotations.coco.json (COCO instances).",
+        order=190,
+        yaml_help="also write annotations.coco.json (COCO instances, polygons)",
+    )
+    preview: int = option(
+        0,
+        help="Write overlays for N sampled images and a contact sheet.",
+        order=200,
+        yaml_help="overlays for this many sampled images, plus previews/contact_sheet.png",
+    )
+    val_fraction: float = option(
+        0.0,
+        help="Share of images (chosen by path, deterministic) listed in val.txt, the rest in train.txt.",
+        order=210,
+        yaml_help="share of images listed in val.txt (the rest in train.txt); 0 = train and val are all images",
+    )
+    overwrite: bool = option(
+        False,
+        help="Replace label files and data.yaml that autoannotate did not write.",
+        order=270,
+        yaml_help="replace label files and data.yaml that autoannotate did not write",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.preview >= 0, "preview", self.preview, "a number of images >= 0")
+        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which engine annotates the images, and the Ray cluster's shape when it is Ray."""
+
+    engine: EngineKind = option(
+        EngineKind.LOCAL,
+        help="local, or ray: Ray Data batch inference (pip install 'autoannotate[ray]').",
+        order=230,
+        yaml_help='local | ray (pip install "autoannotate[ray]"): Ray Data batch inference on a cluster',
+    )
+    ray_address: str | None = option(
+        None,
+        kind=str,
+        help="Join a running Ray cluster (e.g. 'auto').",
+        shown_default="start Ray locally",
+        order=240,
+        yaml_help="join a running Ray cluster (e.g. auto); null = start Ray on this machine",
+    )
+    ray_workers: int = option(
+        0,
+        help="Ray actors, one model pair each; 0 = one per CPU or GPU.",
+        order=250,
+        yaml_help="Ray actors, one model pair each; 0 = one per CPU, or per GPU with ray-gpus-per-worker",
+    )
+    ray_gpus_per_worker: float = option(
+        0.0,
+        help="GPUs per Ray actor (1, or 0.5 to share one).",
+        order=260,
+        yaml_help="GPUs per Ray actor (e.g. 1, or 0.5 to share a GPU between two actors)",
+    )
+
+    def __post_init__(self) -> None:
+        _set_member(self, "engine", EngineKind)
+        _check(self.ray_workers >= 0, "ray_workers", self.ray_workers, "a number of workers >= 0 (0 = automatic)")
+        _check(self.ray_gpus_per_worker >= 0, "ray_gpus_per_worker", self.ray_gpus_per_worker, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """What a run prints."""
+
+    json: bool = option(
+        False,
+        help="JSON lines on stdout: one per image, then a summary.",
+        order=280,
+        yaml_help="JSON lines on stdout instead of the progress bar and summary table",
+    )
+    quiet: bool = option(False, help="Print errors only.", short="-q", order=290, yaml_help="print errors only")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything ``autoannotate run`` needs to know, one frozen dataclass per stage. Defaults follow ultralytics'
+    ``auto_annotate``. Each stage field is declared with ``default_factory=`` its dataclass (``stage_classes``)."""
+
+    inputs: InputSettings = field(default_factory=InputSettings)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
+    polygons: PolygonSettings = field(default_factory=PolygonSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready flat view (for the run manifest): ``{option name: value}`` in ``run --help`` order, enum
+        members as their strings, ``classes`` as a list or None."""
+        return {item.name: _plain(item.value(self)) for item in option_fields(type(self))}
+
+    def label_values(self) -> dict[str, Any]:
+        """``{option name: plain JSON value}`` of the options that decide label contents (``label=True``)."""
+        return {item.name: _plain(item.value(self)) for item in option_fields(type(self)) if item.meta.label}
+
+
+def _plain(value: Any) -> Any:
+    """A settings value as plain JSON: an enum member as its value, a tuple as a list."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ loading and coercion
+
+
+def _coerce(item: SettingOption, value: Any) -> Any:
+    """Coerce a YAML/CLI value to the option's type, or raise ConfigError naming the option."""
+    name, meta = item.name, item.meta
+    kind = meta.kind
+    if meta.parse is not None:
+        return meta.parse(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise _invalid(field, value, "true or false")
+        raise _invalid(name, value, "true or false")
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _invalid(field, value, "an integer")
+            raise _invalid(name, value, "an integer")
         if isinstance(value, int):  # exact, however large (float() of a 400-digit int overflows)
             return value
         try:
             number = float(value)
         except (ValueError, OverflowError):
-            raise _invalid(field, value, "an integer") from None
+            raise _invalid(name, value, "an integer") from None
         if not number.is_integer():  # also inf and nan
-            raise _invalid(field, value, "an integer")
+            raise _invalid(name, value, "an integer")
         return int(number)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _invalid(field, value, "a number")
+            raise _invalid(name, value, "a number")
         try:
             return float(value)
         except (ValueError, OverflowError):
-            raise _invalid(field, value, "a number") from None
+            raise _invalid(name, value, "a number") from None
     if isinstance(value, Path):
         return str(value)
     if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise _invalid(field, value, "a string")
+        raise _invalid(name, value, "a string")
+    if issubclass(kind, StrEnum):
+        return _member(kind, name, str(value))
     return str(value)
 
 
@@ -262,7 +638,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _unknown_option(key: str, known: set[str]) -> str:
-    """One short line: the key (an excerpt) and the likeliest options meant, not all 29 of them."""
+    """One short line: the key (an excerpt) and the likeliest options meant, not all of them."""
     spelled = key.replace("_", "-")
     options = sorted(k.replace("_", "-") for k in known)
     # a typo (max-dets) or a longer or shorter spelling (confidence for conf)
@@ -272,19 +648,82 @@ def _unknown_option(key: str, known: set[str]) -> str:
     return f"unknown option {excerpt(spelled)} in config: {hint}"
 
 
-def build_settings(config: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> RunSettings:
-    """Defaults < ``config`` (from YAML) < ``overrides`` (CLI flags; a None value means "not given")."""
-    known = {f.name for f in fields(RunSettings)}
+def build_settings(
+    config: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any],
+    settings_cls: type[RunSettings] = RunSettings,
+) -> RunSettings:
+    """Defaults < ``config`` (from YAML) < ``overrides`` (CLI flags; a None value means "not given").
+
+    Both map flat option names (``max_det``, ``json``) to values; ``settings_cls`` is ``RunSettings`` or a subclass
+    with more stages.
+    """
+    options = {item.name: item for item in option_fields(settings_cls)}
     merged: dict[str, Any] = {}
     for source in (config or {}), overrides:
         for key, value in source.items():
-            if key not in known:
-                raise ConfigError(_unknown_option(key, known))
+            if key not in options:
+                raise ConfigError(_unknown_option(key, set(options)))
             if value is None:  # "not given" on the command line, "use the default" in YAML
                 continue
-            merged[key] = _coerce(key, value)
-    settings = RunSettings(**merged)
+            merged[key] = _coerce(options[key], value)
+    stages: dict[str, Any] = {}
+    for stage, cls in stage_classes(settings_cls).items():  # in declaration order: --data is checked first
+        stages[stage] = cls(**{f.name: merged[f.name] for f in dataclasses.fields(cls) if f.name in merged})
+    settings = settings_cls(**stages)
     # Checked here, before any model loads or any work is announced, rather than when the Ray engine starts.
-    if settings.engine == "ray" and importlib.util.find_spec("ray") is None:
+    if settings.engine.engine is EngineKind.RAY and importlib.util.find_spec("ray") is None:
         raise ConfigError(RAY_INSTALL_HINT)
     return settings
+
+
+# ---------------------------------------------------------------------------------------------- configs/default.yaml
+
+_YAML_HEADER = (
+    "# autoannotate run: every option with its default. Use with --config FILE; command-line flags override it.\n"
+    "# Keys may be written with dashes (max-det) or underscores (max_det).\n"
+    "# Generated from autoannotate/config.py: python -m autoannotate.config --defaults > configs/default.yaml\n"
+)
+_YAML_COMMENT_COLUMN = 22  # where the comments line up (a longer "key: value" is followed by two spaces)
+
+
+def _yaml_scalar(value: Any) -> str:
+    """One default as YAML flow text that loads back as the same value (``""`` for the empty string)."""
+    value = _plain(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a default must be finite to be written to YAML; got {value!r}")
+    if isinstance(value, str):
+        plain = value and yaml.safe_load(value) == value and value.strip() == value and "#" not in value
+        return value if plain else json.dumps(value)  # a JSON string is a YAML double-quoted string
+    if isinstance(value, int | float):
+        return repr(value)
+    raise ValueError(f"a default must be None, a bool, a number or a string to be written to YAML; got {value!r}")
+
+
+def default_config_yaml(settings_cls: type[RunSettings] = RunSettings) -> str:
+    """The text of ``configs/default.yaml``: every option of ``settings_cls`` with its default and a comment."""
+    lines = [_YAML_HEADER]
+    for item in option_fields(settings_cls):
+        entry = f"{item.name.replace('_', '-')}: {_yaml_scalar(None if item.meta.required else item.default)}"
+        entry = entry.ljust(_YAML_COMMENT_COLUMN - 1) + " " if len(entry) < _YAML_COMMENT_COLUMN else entry + "  "
+        comment = item.meta.yaml_help if item.meta.yaml_help is not None else item.meta.help
+        lines.append(f"{entry}# {comment}\n")
+    return "".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m autoannotate.config --defaults``: print ``configs/default.yaml``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["--defaults"]:
+        sys.stderr.write("usage: python -m autoannotate.config --defaults > configs/default.yaml\n")
+        return 2
+    sys.stdout.write(default_config_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

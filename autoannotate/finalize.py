@@ -64,8 +64,8 @@ def label_text(entry: DatasetEntry, layout: DatasetLayout) -> str | None:
 def coco_text(dataset: list[DatasetEntry], layout: DatasetLayout, names: dict[int, str]) -> str:
     """annotations.coco.json over ``dataset``; an image that vanished or broke since it was annotated (its size
     unknown and unreadable) is left out."""
-    from autoannotate.review.labels import parse_label_lines, read_image_size_wh
-    from autoannotate.writers.coco import CocoImage, CocoInstance, build_coco, format_coco
+    from autoannotate.review.labels import read_image_size_wh
+    from autoannotate.writers.coco import build_coco, coco_image_from_label_text, format_coco
 
     images = []
     for entry in sorted(dataset, key=lambda d: d.rel_path.as_posix()):
@@ -73,11 +73,8 @@ def coco_text(dataset: list[DatasetEntry], layout: DatasetLayout, names: dict[in
             resolution_wh = entry.resolution_wh or read_image_size_wh(Path(entry.item.origin))
         except Exception:
             continue
-        text = label_text(entry, layout)
-        lines = parse_label_lines(text)[0] if text is not None else []
-        area_by_line = {row["line"]: row["mask_area"] for row in entry.rows if row.get("line")}
-        instances = tuple(CocoInstance(line.class_id, line.polygon_norm, area_by_line.get(line.line)) for line in lines)
-        images.append(CocoImage(entry.rel_path.as_posix(), resolution_wh, instances))
+        text = label_text(entry, layout) or ""
+        images.append(coco_image_from_label_text(entry.rel_path.as_posix(), resolution_wh, text, entry.rows))
     return format_coco(build_coco(images, names))
 
 
@@ -87,26 +84,17 @@ def write_preview_files(
     """Overlays of ``count`` sampled images and a contact sheet under ``out_dir``; returns each file written
     (relative to the output dir) with its sha256. The sample: the images with the smallest path hash
     (deterministic, independent of the order of the run)."""
-    from autoannotate.review.labels import parse_label_lines
-    from autoannotate.review.preview import PreviewSample, write_previews
+    from autoannotate.review.preview import preview_sample_from_label_text, write_previews
 
     chosen = sorted(dataset, key=lambda d: hashlib.sha1(d.rel_path.as_posix().encode()).digest())
     samples = []
     for entry in sorted(chosen[:count], key=lambda d: d.rel_path.as_posix()):
-        text = label_text(entry, layout)
-        lines = parse_label_lines(text)[0] if text is not None else []
-        score_by_line = {row["line"]: row["sam_iou"] for row in entry.rows if row.get("line")}
-        # split writes several lines per instance: each line takes the score of the instance it came from
-        first_lines = sorted(score_by_line)
-        instances: list[tuple[int, Any, float | None]] = []
-        for line in lines:
-            owner = max((n for n in first_lines if n <= line.line), default=None)
-            instances.append((line.class_id, line.polygon_norm, score_by_line.get(owner) if owner else None))
         try:
             image = entry.item.read_bgr()
         except Exception:  # the image vanished since it was annotated: leave it out of the previews
             continue
-        samples.append(PreviewSample(entry.rel_path, image, tuple(instances), normalized=True))
+        text = label_text(entry, layout) or ""
+        samples.append(preview_sample_from_label_text(entry.rel_path, image, text, entry.rows))
     if not samples:
         return {}
     files = write_previews(samples, names, out_dir)

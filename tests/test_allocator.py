@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autoannotate import cli
+from autoannotate.cli import app
+from autoannotate.cli import run as run_command
 from autoannotate.runtime.allocator import ENV_VAR, tune_host_allocator
 
 
@@ -75,13 +76,13 @@ def test_run_command_tunes_the_allocator_once_settings_are_valid(
 ) -> None:
     """The CLI entry point is the one caller (it owns the process); invalid options fail before it is reached."""
     calls: list[bool] = []
-    monkeypatch.setattr(cli, "tune_host_allocator", lambda: calls.append(True) or True)
+    monkeypatch.setattr(run_command, "tune_host_allocator", lambda: calls.append(True) or True)
     runner = CliRunner()
-    bad = runner.invoke(cli.app, ["run", "--data", str(tmp_path), "--conf", "7"])
+    bad = runner.invoke(app, ["run", "--data", str(tmp_path), "--conf", "7"])
     assert bad.exit_code == 2 and calls == []
     (tmp_path / "imgs").mkdir()
     result = runner.invoke(
-        cli.app,
+        app,
         ["run", "--data", str(tmp_path / "imgs"), "--det-model", str(tmp_path / "missing.pt"), "--json", "--quiet"],
     )
     assert calls == [True]

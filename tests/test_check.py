@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from autoannotate.cli_review import register
+from autoannotate.cli.review import register
 from autoannotate.dataset.yolo_seg import parse_label_lines
 from autoannotate.errors import ConfigError, InputError
 from autoannotate.review.check import check_labels, format_report, polygon_area_norm

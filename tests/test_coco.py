@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from autoannotate.cli_review import register
+from autoannotate.cli.review import register
 from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line, parse_label_file
 from autoannotate.errors import OutputError
 from autoannotate.inputs.decode import read_image_bgr

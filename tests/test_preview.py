@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from autoannotate.cli_review import register
+from autoannotate.cli.review import register
 from autoannotate.polygons import polygon_to_mask
 from autoannotate.review.labels import LabelPair
 from autoannotate.review.preview import (

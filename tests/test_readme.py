@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-from autoannotate.config import RunSettings, option_name
+from autoannotate.cli.errors import EXIT_CODES
+from autoannotate.config import option_fields, option_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,8 +21,17 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_documents_every_option():
     readme = (REPO / "README.md").read_text()
-    for field in dataclasses.fields(RunSettings):
-        assert f"`{option_name(field.name)}" in readme, field.name
+    for item in option_fields():
+        assert f"`{option_name(item.name)}" in readme, item.name
+
+
+def test_readme_exit_codes_are_the_cli_table():
+    readme = (REPO / "README.md").read_text()
+    text = " ".join(readme.split("**Exit codes**:")[1].split("\n\n")[0].split())
+    listed = [int(part.strip().split(" ", 1)[0]) for part in text.rstrip(".").split(";")]
+    assert listed == [item.code for item in EXIT_CODES]
+    for item in EXIT_CODES:  # README words each the same, its parenthesis at more length
+        assert f"{item.code} {item.meaning.split(' (')[0]}" in text, item
 
 
 def _documented_keys(readme: str, table_header: str) -> set[str]:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import cv2
@@ -25,7 +24,7 @@ from helpers import json_events, stand_in_model_args, synthetic_scene_bgr
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
-from autoannotate.config import MAX_IMGSZ, MAX_SHARDS, RunSettings, parse_shard
+from autoannotate.config import MAX_IMGSZ, MAX_SHARDS, option_fields, parse_shard
 from autoannotate.errors import ConfigError, excerpt
 from autoannotate.inputs.listing import iter_items, resolve_data
 
@@ -190,7 +189,7 @@ def test_debug_prints_the_traceback_and_keeps_the_exit_code(tmp_path: Path, monk
     def broken(*args, **kwargs):
         raise RuntimeError("a bug inside")
 
-    monkeypatch.setattr("autoannotate.cli.build_settings", broken)
+    monkeypatch.setattr("autoannotate.cli.run.build_settings", broken)
     internal = runner.invoke(app, ["run", "--data", str(tmp_path), "--debug"])
     assert internal.exit_code == 3, internal.output
     assert "Traceback" in internal.stderr and "RuntimeError: a bug inside" in internal.stderr
@@ -208,7 +207,7 @@ def test_run_help_shows_defaults_from_the_settings_and_keeps_brackets():
     result = runner.invoke(app, ["run", "--help"], terminal_width=200, env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert result.exit_code == 0
     text = " ".join(result.output.split())  # wrapping aside
-    defaults = {f.name: f.default for f in fields(RunSettings)}
+    defaults = {o.name: o.default for o in option_fields()}
     for option, field in [("--conf", "conf"), ("--iou", "iou"), ("--imgsz", "imgsz"), ("--max-det", "max_det")]:
         assert re.search(rf"{option} <\w+> [^[]*\[default: {re.escape(str(defaults[field]))}\]", text), option
     assert "[default: 0.25]" in text and "[default: yolo11x.pt]" in text and "[default: merge]" in text

@@ -1,15 +1,15 @@
 """How every command ends: its exit code, or one ``error:`` line on stderr for a failure (with ``--debug``, the
-traceback is printed before that line; the exit code stays the same). Shared by ``cli.py`` and ``cli_review.py``.
+traceback is printed before that line; the exit code stays the same). Shared by every command of ``autoannotate.cli``.
 
-Exit codes: 0 done; 1 some items failed or problems found; 2 bad usage, config, input, output or model;
-3 internal error (a bug); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+``EXIT_CODES`` is the one table of exit codes and their meanings: ``run``'s epilog and the app's help are made from it.
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import typer
 
@@ -17,6 +17,29 @@ from autoannotate.errors import AutoAnnotateError, Terminated, one_line
 
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
+
+
+class ExitCode(NamedTuple):
+    """One exit code and what it means (for ``run``; other commands word 0 and 1 for what they do)."""
+
+    code: int
+    meaning: str
+
+
+#: Every exit code of ``autoannotate run``, in the order help and README list them.
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(EXIT_OK, "every image done"),
+    ExitCode(EXIT_FAILED_IMAGES, "some images failed (each reported, the rest done)"),
+    ExitCode(EXIT_USAGE, "bad usage, config, input, output or model"),
+    ExitCode(EXIT_INTERNAL, "internal error"),
+    ExitCode(EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+    ExitCode(EXIT_TERMINATED, "terminated (SIGTERM)"),
+)
+
+
+def exit_codes_help(table: Iterable[ExitCode] = EXIT_CODES) -> str:
+    """``Exit codes: 0 ...; 1 ...; ...`` for a help text or an epilog."""
+    return "Exit codes: " + "; ".join(f"{item.code} {item.meaning}" for item in table) + "."
 
 
 def run_guarded(body: Callable[[], int], debug: bool) -> None:

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from autoannotate import __version__
-from autoannotate.cli_errors import EXIT_FAILED_IMAGES as EXIT_PROBLEMS
-from autoannotate.cli_errors import EXIT_OK, run_guarded
+from autoannotate.cli.errors import EXIT_FAILED_IMAGES as EXIT_PROBLEMS
+from autoannotate.cli.errors import EXIT_OK, run_guarded
 from autoannotate.dataset.yolo_seg import read_label_file
 from autoannotate.errors import ConfigError, ImageError, InputError
 from autoannotate.review.check import check_labels, format_report, report_to_dict
