@@ -1,14 +1,13 @@
 """COCO records and preview samples built from a run's label text held in memory, not read back from disk.
 
 ``coco_image_from_label_text`` and ``preview_sample_from_label_text`` must give exactly what ``job.py``'s ``_coco``
-and ``_write_previews`` computed by reading each label file back (``read_label_file``): checked against that code
-path while it exists, and against golden values. Images are non-square (64 wide x 40 high, 30 x 50).
+and ``_write_previews`` computed by reading each label file back: ``finalize`` gives the same from the text held in
+memory as from the file read back, and both equal golden values. Images are non-square (64 wide x 40 high, 30 x 50).
 """
 
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -137,52 +136,43 @@ def _same_sample(ours: PreviewSample, theirs: PreviewSample) -> None:
         np.testing.assert_array_equal(polygon_a, polygon_b)
 
 
-def _job_and_dataset(tmp_path: Path) -> tuple[Any, Any, list[Any]]:
-    """job.py's whole-dataset code path over label files on disk, and what it needs of a job (a stand-in)."""
-    job = pytest.importorskip("autoannotate.job")
-    if not all(hasattr(job.AnnotationJob, name) for name in ("_coco", "_write_previews")) or not hasattr(job, "_Done"):
-        pytest.skip("job.py no longer reads labels back from disk: nothing left to compare with")
+def _entries(tmp_path: Path, held: bool) -> tuple[Any, list[Any]]:
+    """``finalize.DatasetEntry`` for every case, its label file on disk; with ``held``, also its text in memory (as
+    this run's labels are), else None (as an earlier run's are, read back from the file)."""
+    from autoannotate.dataset.layout import DatasetLayout
+    from autoannotate.finalize import DatasetEntry
+    from autoannotate.inputs.image import ImageFile
+
     images = _images(tmp_path)
-    out = tmp_path / "out"
-    dataset = []
+    out = tmp_path / ("held" if held else "read")
+    layout = DatasetLayout(out, tmp_path, out / "labels", "images", "none")
+    entries = []
     for rel_path, resolution_wh, text, rows in CASES:
         label_key = f"labels/{PurePosixPath(rel_path).with_suffix('.txt')}"
         (out / label_key).parent.mkdir(parents=True, exist_ok=True)
         (out / label_key).write_text(text, encoding="utf-8")
-        dataset.append(job._Done(images[rel_path], PurePosixPath(rel_path), label_key, resolution_wh, rows))
-    stand_in = SimpleNamespace(
-        layout=SimpleNamespace(output_dir=out),
-        models=SimpleNamespace(names=NAMES),
-        settings=SimpleNamespace(preview=len(CASES)),
-    )
-    return job, stand_in, dataset
+        item = ImageFile(images[rel_path], PurePosixPath(rel_path))
+        entries.append(DatasetEntry(item, label_key, resolution_wh, rows, text if held else None))
+    return layout, entries
 
 
-def test_coco_from_memory_equals_the_label_files_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    job, stand_in, dataset = _job_and_dataset(tmp_path)
-    import autoannotate.writers.coco as coco
+def test_coco_from_memory_equals_the_label_files_read_back(tmp_path: Path):
+    from autoannotate.finalize import coco_text
 
-    seen: list[list[CocoImage]] = []
-
-    def spy(images, names, **kwargs):
-        seen.append(list(images))
-        return build_coco(images, names, **kwargs)
-
-    monkeypatch.setattr(coco, "build_coco", spy)
-    text = job.AnnotationJob._coco(stand_in, dataset)
-    monkeypatch.undo()
-    in_order = sorted(CASES, key=lambda case: case[0])  # job.py writes the images sorted by path
+    layout, entries = _entries(tmp_path, held=True)
+    held = coco_text(entries, layout, NAMES)
+    layout, entries = _entries(tmp_path, held=False)
+    read_back = coco_text(entries, layout, NAMES)
+    assert held == read_back
+    in_order = sorted(CASES, key=lambda case: case[0])  # images sorted by path
     ours = [coco_image_from_label_text(rel_path, wh, label, rows) for rel_path, wh, label, rows in in_order]
-    assert len(seen) == 1 and len(ours) == len(seen[0])
-    for mine, theirs in zip(ours, seen[0], strict=True):
-        _same_coco_image(mine, theirs)
     assert any(i.mask_area_px is None for image in ours for i in image.instances)  # a rasterised area too
-    assert format_coco(build_coco(ours, NAMES)) == text
+    assert format_coco(build_coco(ours, NAMES)) == held
 
 
 def test_previews_from_memory_equal_the_label_files_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    job, stand_in, dataset = _job_and_dataset(tmp_path)
     import autoannotate.review.preview as preview
+    from autoannotate.finalize import write_preview_files
 
     seen: list[list[PreviewSample]] = []
 
@@ -191,9 +181,13 @@ def test_previews_from_memory_equal_the_label_files_read_back(tmp_path: Path, mo
         return PreviewFiles((), out_dir / "not-written.png")
 
     monkeypatch.setattr(preview, "write_previews", spy)
-    assert job.AnnotationJob._write_previews(stand_in, dataset) == {}
-    by_rel = {str(s.rel_path): s for s in seen[0]}
-    assert sorted(by_rel) == sorted(rel_path for rel_path, *_ in CASES)
-    for item, (rel_path, _wh, label, rows) in zip(dataset, CASES, strict=True):
-        ours = preview_sample_from_label_text(PurePosixPath(rel_path), read_image_bgr(item.image), label, rows)
-        _same_sample(ours, by_rel[rel_path])
+    for held in (True, False):
+        layout, entries = _entries(tmp_path, held)
+        assert write_preview_files(entries, layout, NAMES, len(CASES), layout.output_dir / "previews") == {}
+    held_samples, read_samples = ({str(s.rel_path): s for s in run} for run in seen)
+    assert sorted(held_samples) == sorted(read_samples) == sorted(rel_path for rel_path, *_ in CASES)
+    images = _images(tmp_path)
+    for rel_path, _wh, label, rows in CASES:
+        ours = preview_sample_from_label_text(PurePosixPath(rel_path), read_image_bgr(images[rel_path]), label, rows)
+        _same_sample(ours, held_samples[rel_path])
+        _same_sample(ours, read_samples[rel_path])

@@ -330,3 +330,9 @@ def test_fake_segmenter_and_fake_input_kind_drive_a_whole_run(tmp_path: Path, mo
     assert '"variant": "rectangle"' in manifest
     coco = (out / "annotations.coco.json").read_text()
     assert '"file_name":"sub/tall.png"' in coco.replace(" ", "") and '"file_name":"wide.png"' in coco.replace(" ", "")
+
+
+def test_engine_option_choices_are_the_registered_engines():
+    from autoannotate.config import EngineKind
+
+    assert [str(kind) for kind in EngineKind] == list(ENGINES)

@@ -4,7 +4,7 @@
 paths, a quoted glob, or ``-`` for paths on stdin. A list (file or stdin) holds one path per line, or, when it
 contains a NUL byte, NUL-separated paths taken exactly as written (``find -print0``: names with spaces or line breaks
 survive). Each image gets a ``rel_path``: its path relative to the
-*image root*, which the output layout mirrors under ``labels/`` (see ``layout.py``).
+*image root*, which the output layout mirrors under ``labels/`` (see ``dataset/layout.py``).
 """
 
 from __future__ import annotations

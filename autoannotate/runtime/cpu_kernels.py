@@ -17,9 +17,9 @@ parameters, buffers, hooks and state-dict keys are those of the original module,
 are unaffected; ``use_default_kernels`` changes the classes back. These are subclasses of torch's layers, not of
 ultralytics code: the ultralytics models are used as built, only the kernel behind their torch layers changes.
 
-Only ``detect.py`` and ``segment.py`` import this module (the model modules own torch). ``onednn_for`` decides for
-both: on CPU only, on x86-64 by default; ``AUTOANNOTATE_CPU_KERNELS=default`` keeps PyTorch's own dispatch,
-``=onednn`` routes on other architectures too.
+Only the model modules (``prompts/yolo.py``, ``segmenters/sam.py``: they own torch) import this module.
+``onednn_for`` decides for both: on CPU only, on x86-64 by default; ``AUTOANNOTATE_CPU_KERNELS=default`` keeps
+PyTorch's own dispatch, ``=onednn`` routes on other architectures too.
 """
 
 from __future__ import annotations
