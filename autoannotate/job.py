@@ -291,15 +291,23 @@ class AnnotationJob:
         manifest_path = out / self.files.manifest
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
+        items: dict[PurePosixPath, InputItem] = {}  # by key, as listed: the whole-dataset files read them again
+
+        def listed() -> Iterator[InputItem]:
+            for item in self.images():
+                items[item.rel_path] = item
+                yield item
+
         engine = engine_entry(s.engine.engine)
         outcomes = engine.run(
-            EngineRun(s, self.layout, previous, fingerprint, self.images(), models, journal, self.files.journal)
+            EngineRun(s, self.layout, previous, fingerprint, listed(), models, journal, self.files.journal)
         )
         complete = False
         last_checkpoint = time.monotonic()
         removed = 0
         try:
             for outcome in outcomes:
+                item = items.pop(outcome.rel_path, None)
                 counts["images"] += 1
                 counts[outcome.status] += 1
                 counts["instances"] += outcome.instances
@@ -322,7 +330,8 @@ class AnnotationJob:
                         )
                         owned.add(key)
                         rows = instance_rows(outcome.origin, key, outcome.quality, models.names)
-                    item = kind_for(Path(outcome.origin)).item(Path(outcome.origin), outcome.rel_path)
+                    if item is None:  # not listed by this run (cannot happen): rebuilt from its origin
+                        item = kind_for(Path(outcome.origin)).item(Path(outcome.origin), outcome.rel_path)
                     done[key] = DatasetEntry(item, key, outcome.resolution_wh, rows, outcome.label_text)
                 yield outcome
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
@@ -443,7 +452,9 @@ class AnnotationJob:
             rows = previous.rows.get(key, [])
             if entry.sha256 is not None and bytes_sha256_of(out / key) != entry.sha256:
                 rows = []  # edited by a person since
-            rest.append(DatasetEntry(kind_for(Path(entry.image)).item(Path(entry.image), rel_path), key, None, rows))
+            # an earlier run's item: rebuilt by the input kind that reads its origin
+            item = kind_for(Path(entry.image)).item(Path(entry.image), rel_path)
+            rest.append(DatasetEntry(item, key, None, rows))
         return rest
 
     def _rel_path_of(self, key: str, entry: LabelEntry) -> PurePosixPath | None:
