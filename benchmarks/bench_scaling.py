@@ -91,16 +91,19 @@ def fixed_boxes_xyxy(resolution_wh: tuple[int, int], count: int, seed: int = 0) 
 class FixedBoxDetector:
     """Stands in for ``autoannotate.prompts.yolo.Detector``: ``boxes_per_image`` deterministic boxes on every image.
 
-    Offers both the pipeline's box-source method ``boxes`` and the detector's ``detect``.
+    A prompt source (``prompts.base.PromptSource``: ``names``, ``class_ids``, ``weights_path``, ``boxes``) that also
+    offers the detector's ``detect``.
     """
+
+    class_ids = None
+    weights_path = None
 
     def __init__(self, boxes_per_image: int, seed: int = 0) -> None:
         self.boxes_per_image = boxes_per_image
         self.seed = seed
+        self.names = {i: f"class{i}" for i in range(80)}
 
-    def boxes(
-        self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[Any], class_ids: tuple[int, ...] | None
-    ) -> list[Detections]:
+    def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[Any]) -> list[Detections]:
         return self.detect(images_bgr)
 
     def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
