@@ -29,7 +29,7 @@ pytest.importorskip("ray")
 if not Path("/proc/self/stat").exists():
     pytest.skip("the checks on Ray's processes read /proc", allow_module_level=True)
 
-IMAGES = 6  # the kill after 2 labels and the interrupt after 2 more leave work for each rerun
+IMAGES = 8  # two actors land labels in pairs: the kill after 2 (up to 4 land) and the interrupt after 2 more leave work
 RUN_SECONDS = 150  # one CLI run on 2 shared CPUs: Ray start-up, two actors loading the models, the images
 
 
@@ -184,7 +184,7 @@ def _stop_after_labels(
         def wait_for(count: int) -> None:
             while _label_count(out) < count:
                 assert process.poll() is None, f"the run ended (exit {process.returncode}) before it was stopped"
-                time.sleep(0.2)
+                time.sleep(0.05)
 
         if kill_a_worker:
             wait_for(before + 1)
