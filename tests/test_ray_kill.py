@@ -125,7 +125,9 @@ def ray_cli(tmp_path_factory: pytest.TempPathFactory, yolo_weights: Path, mobile
         with (
             tempfile.TemporaryFile("w+") as stdout,
             tempfile.TemporaryFile("w+") as stderr,
-            subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, start_new_session=True) as process,
+            subprocess.Popen(
+                command, stdout=stdout, stderr=stderr, env=env, start_new_session=True, preexec_fn=_default_sigint
+            ) as process,
         ):
             try:
                 if during is not None:
@@ -145,6 +147,12 @@ def ray_cli(tmp_path_factory: pytest.TempPathFactory, yolo_weights: Path, mobile
 
     yield run, temp_root
     shutil.rmtree(temp_root, ignore_errors=True)
+
+
+def _default_sigint() -> None:
+    """In the CLI's child: Ctrl-C's default, even when the tests run as a background job of a non-interactive
+    shell, which starts its jobs with SIGINT ignored (the CLI must not undo that for users; the test needs it)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _private_ray_dirs(temp_root: Path) -> list[Path]:
