@@ -44,6 +44,14 @@ MAX_BATCH = 1024
 #: Largest config file read: a config is a screenful of options, and reading stops here (``--config /dev/zero``).
 MAX_CONFIG_BYTES = 1024 * 1024
 
+#: ``--det-model`` when not given: the closed-set default, and the open-vocabulary one used with prompts (YOLOE-26L:
+#: LVIS minival mAP 36.8 with text prompts at 88 GFLOPs, against 39.5 for YOLOE-26X at 197; see README).
+DEFAULT_DETECTOR = "yolo11x.pt"
+DEFAULT_OPEN_VOCAB_DETECTOR = "yoloe-26l-seg.pt"
+#: Most class prompts a run takes (a vocabulary far beyond any dataset's; YOLO-World and YOLOE embed them in
+#: chunks of 80), and the longest prompt, in characters.
+MAX_PROMPTS, MAX_PROMPT_CHARS = 10_000, 300
+
 _OPTION_KEY = "autoannotate.option"  # where option() keeps its OptionMeta in a field's metadata
 
 
@@ -73,6 +81,8 @@ class OptionMeta:
         short: a one-letter alias such as ``-q``.
         yaml_help: the comment in ``default.yaml``; None = ``help``.
         parse: a coercer of its own (YAML/flag value -> field value), used instead of the one for ``kind``.
+        label_when_set: a label option added after datasets were made: ``label_values()`` leaves it out at its
+            default, so the labels of earlier runs (which never had it) still match the fingerprint and are kept.
     """
 
     help: str
@@ -84,6 +94,7 @@ class OptionMeta:
     short: str | None = None
     yaml_help: str | None = None
     parse: Callable[[object], Any] | None = None
+    label_when_set: bool = False
 
 
 def option(
@@ -98,6 +109,7 @@ def option(
     short: str | None = None,
     yaml_help: str | None = None,
     parse: Callable[[object], Any] | None = None,
+    label_when_set: bool = False,
 ) -> Any:
     """A settings field that is a ``run`` option: ``dataclasses.field(default=default)`` with its ``OptionMeta``.
 
@@ -107,7 +119,7 @@ def option(
         if default is None:
             raise TypeError("option(None, ...) needs kind=: the value type cannot be told from a None default")
         kind = type(default)
-    meta = OptionMeta(help, kind, label, shown_default, required, order, short, yaml_help, parse)
+    meta = OptionMeta(help, kind, label, shown_default, required, order, short, yaml_help, parse, label_when_set)
     return field(default=default, metadata={_OPTION_KEY: meta})
 
 
@@ -250,6 +262,45 @@ def parse_classes(value: object) -> tuple[str, ...] | None:
     return out
 
 
+def parse_prompts(value: object) -> tuple[str, ...] | None:
+    """Class prompts from a flag (``"person,forklift"``), a YAML list or None: stripped, non-empty, distinct."""
+    if value is None:
+        return None
+    expected = "class prompts, comma-separated (or a YAML list of strings)"
+    if isinstance(value, str):
+        items: list[object] = list(value.split(","))
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise _invalid("prompts", value, expected)
+    if any(isinstance(item, bool) or not isinstance(item, str | int | float) for item in items):
+        raise _invalid("prompts", value, expected)
+    return check_prompts([str(item) for item in items], "--prompts")
+
+
+def check_prompts(items: Sequence[str], where: str) -> tuple[str, ...]:
+    """Prompts as class names: each stripped, none empty, none twice (in any letter case), at most MAX_PROMPTS.
+    Raises ConfigError naming ``where`` they came from."""
+    prompts = tuple(" ".join(item.split()) for item in items)  # runs of whitespace (tabs, newlines) as one space
+    if not prompts:
+        raise ConfigError(f"{where} holds no class prompt; give at least one, e.g. --prompts person,car")
+    if len(prompts) > MAX_PROMPTS:
+        raise ConfigError(f"{where} holds {len(prompts)} prompts; at most {MAX_PROMPTS} are taken")
+    seen: dict[str, int] = {}
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise ConfigError(f"{where} has an empty prompt (number {index + 1}); remove the stray comma or line")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"{where} prompt {excerpt(prompt)} is over {MAX_PROMPT_CHARS} characters")
+        if prompt.lower() in seen:
+            raise ConfigError(
+                f"{where} names {prompt!r} twice (numbers {seen[prompt.lower()] + 1} and {index + 1}): two classes"
+                " would share a name; give each once (--agnostic-nms merges the boxes of synonyms)"
+            )
+        seen[prompt.lower()] = index
+    return prompts
+
+
 # ---------------------------------------------------------------------------------------------------------- stages
 
 
@@ -284,13 +335,50 @@ class InputSettings:
 
 @dataclass(frozen=True)
 class PromptSettings:
-    """Where the box prompts come from: a YOLO detector and its thresholds, or YOLO detection labels."""
+    """Where the box prompts come from: a YOLO detector and its thresholds, an open-vocabulary detector (YOLOE,
+    YOLO-World) given class prompts, or YOLO detection labels."""
 
     det_model: str = option(
-        "yolo11x.pt",
-        help="YOLO detector: path or ultralytics asset name.",
+        "",
+        kind=str,
+        help="YOLO detector: path or ultralytics asset name (YOLOE or YOLO-World with --prompts/--exemplars).",
+        shown_default=f"{DEFAULT_DETECTOR}; {DEFAULT_OPEN_VOCAB_DETECTOR} with --prompts, --prompts-file,"
+        " --exemplars or --prompt-embeddings",
         order=20,
-        yaml_help="YOLO detector: a local path or an ultralytics asset name (downloaded when online)",
+        yaml_help=f"YOLO detector: a local path or an ultralytics asset name (downloaded when online); empty ="
+        f" {DEFAULT_DETECTOR}, or {DEFAULT_OPEN_VOCAB_DETECTOR} with prompts or exemplars",
+    )
+    prompts: tuple[str, ...] | None = option(
+        None,
+        kind=str,
+        parse=parse_prompts,
+        help='Class prompts for an open-vocabulary detector, comma-separated ("person,forklift,pallet"): class ids'
+        " follow their order, data.yaml names are the prompts.",
+        order=22,
+        yaml_help="class prompts for an open-vocabulary detector, a list: [person, forklift, pallet]",
+    )
+    prompts_file: str | None = option(
+        None,
+        kind=str,
+        help="Text file with one class prompt per line (instead of --prompts).",
+        order=24,
+        yaml_help="text file with one class prompt per line (instead of prompts)",
+    )
+    exemplars: str | None = option(
+        None,
+        kind=str,
+        help="Visual prompts: a folder of a few images with YOLO box labels (images/ + labels/, or .txt beside each"
+        " image) whose classes --names names; YOLOE turns them into the run's classes.",
+        order=26,
+        yaml_help="visual prompts: a folder of images with YOLO box labels, classes named by names (YOLOE)",
+    )
+    prompt_embeddings: str | None = option(
+        None,
+        kind=str,
+        help="Class embeddings .npz (ultralytics' save_prompt_embeddings format; every prompt run writes one in its"
+        " output dir) to load instead of running the text encoder or the exemplars.",
+        order=28,
+        yaml_help="class embeddings .npz to load instead of running the text encoder (offline machines, workers)",
     )
     conf: float = option(
         0.25, help="Detector confidence threshold.", label=True, order=40, yaml_help="detector confidence threshold"
@@ -308,7 +396,7 @@ class PromptSettings:
     max_det: int = option(
         300, help="Most detections per image.", label=True, order=70, yaml_help="most detections per image"
     )
-    # ids or names as typed; resolved against the detector's names
+    # ids or names as typed; resolved against the prompt source's names
     classes: tuple[str, ...] | None = option(
         None,
         kind=str,
@@ -318,6 +406,15 @@ class PromptSettings:
         shown_default="all",
         order=80,
         yaml_help="keep only these classes: a list of ids or names, e.g. [person, 2]",
+    )
+    agnostic_nms: bool = option(
+        False,
+        help="One box per object across classes: of two boxes of different classes overlapping by more than --iou,"
+        " keep the more confident (synonyms and overlapping prompts otherwise give two masks for one object).",
+        label=True,
+        label_when_set=True,
+        order=85,
+        yaml_help="one box per object across classes (boxes overlapping by more than iou: the more confident kept)",
     )
     boxes_from: str | None = option(
         None,
@@ -331,22 +428,49 @@ class PromptSettings:
     names: str | None = option(
         None,
         kind=str,
-        help="data.yaml with class names (only with --boxes-from).",
+        help="data.yaml with class names (with --boxes-from or --exemplars).",
         order=180,
-        yaml_help="data.yaml with class names; only with boxes-from",
+        yaml_help="data.yaml with class names; with boxes-from or exemplars",
     )
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether the classes come from prompts (text, exemplars or saved embeddings), not from the detector."""
+        return any(v is not None for v in (self.prompts, self.prompts_file, self.exemplars, self.prompt_embeddings))
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.conf <= 1.0, "conf", self.conf, "a number in [0, 1]")
         _check(0.0 <= self.iou <= 1.0, "iou", self.iou, "a number in [0, 1]")
         _check(MIN_IMGSZ <= self.imgsz <= MAX_IMGSZ, "imgsz", self.imgsz, f"an integer from {MIN_IMGSZ} to {MAX_IMGSZ}")
         _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
-        _check(bool(self.det_model), "det_model", self.det_model, "a model file path or ultralytics asset name")
+        if not self.det_model:  # the default depends on whether the classes come from prompts
+            default = DEFAULT_OPEN_VOCAB_DETECTOR if self.open_vocabulary else DEFAULT_DETECTOR
+            object.__setattr__(self, "det_model", default)
         if self.classes is not None:
             _check(len(self.classes) > 0, "classes", ",".join(self.classes), "class ids or names, comma-separated")
-        if self.names is not None and self.boxes_from is None:
+        for name in ("prompts_file", "exemplars", "prompt_embeddings"):
+            value = getattr(self, name)
+            _check(value is None or bool(value), name, value, "a path")
+        given = [f"--{n.replace('_', '-')}" for n in _CLASS_SOURCES if getattr(self, n) is not None]
+        if len(given) > 1 and given != ["--prompts", "--prompt-embeddings"]:
+            # --prompts with --prompt-embeddings is a check (the file must hold those prompts); others conflict
+            raise ConfigError(f"{given[0]} and {given[1]} both set the classes; give one of them")
+        if self.boxes_from is not None and given:
+            raise ConfigError(
+                f"--boxes-from takes its boxes and classes from labels, so {given[0]} has no detector to prompt;"
+                " drop one of them"
+            )
+        if self.names is not None and self.boxes_from is None and self.exemplars is None:
             # the detector names its own classes: a names file without label boxes would be silently ignored
-            raise ConfigError("--names only applies with --boxes-from; drop --names or add --boxes-from LABELS_DIR")
+            raise ConfigError(
+                "--names only applies with --boxes-from or --exemplars; drop --names or add --boxes-from LABELS_DIR"
+            )
+        if self.exemplars is not None and self.names is None:
+            raise ConfigError("--exemplars needs --names: a data.yaml naming the classes its box labels use")
+
+
+#: The options that set an open-vocabulary run's classes (``--prompts`` may be checked against the embeddings).
+_CLASS_SOURCES = ("prompts", "prompts_file", "exemplars", "prompt_embeddings")
 
 
 @dataclass(frozen=True)
@@ -548,7 +672,11 @@ class RunSettings:
 
     def label_values(self) -> dict[str, Any]:
         """``{option name: plain JSON value}`` of the options that decide label contents (``label=True``)."""
-        return {item.name: _plain(item.value(self)) for item in option_fields(type(self)) if item.meta.label}
+        return {
+            item.name: _plain(item.value(self))
+            for item in option_fields(type(self))
+            if item.meta.label and not (item.meta.label_when_set and item.value(self) == item.default)
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -601,22 +729,33 @@ def _coerce(item: SettingOption, value: Any) -> Any:
     return str(value)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML config: a mapping of option names (``max-det`` or ``max_det``) to values."""
+def read_small_text(path: Path, limit: int, what: str, expected: str, encoding: str = "utf-8") -> str:
+    """A small text file (a config, a prompts list) read at most ``limit`` bytes far, so that a device or a huge
+    file is refused rather than slurped. ``what`` names it in errors (``"config file 'x.yaml'"``), ``expected``
+    says what to pass instead (``"a YAML file to --config"``). Raises ConfigError, one line."""
     try:
         with path.open("rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)  # bounded: a device or a huge file is refused, not slurped
-        text = raw.decode("utf-8")
+            raw = handle.read(limit + 1)
+        text = raw.decode(encoding)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist: check the --config path") from None
+        raise ConfigError(f"{what} does not exist: pass {expected}") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {str(path)!r} is a directory: pass a YAML file to --config") from None
+        raise ConfigError(f"{what} is a directory: pass {expected}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {one_line(err, 100)}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"config file {str(path)!r} is over {MAX_CONFIG_BYTES // 1024} KiB: a config lists options only"
-        )
+        raise ConfigError(f"{what} cannot be read: {one_line(err, 100)}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{what} is over {limit // 1024} KiB: pass {expected}")
+    return text
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML config: a mapping of option names (``max-det`` or ``max_det``) to values."""
+    text = read_small_text(
+        path,
+        MAX_CONFIG_BYTES,
+        f"config file {str(path)!r}",
+        "a YAML file of options to --config (a config lists options only)",
+    )
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -6,6 +6,7 @@ printing; this module only returns values and raises ``AutoAnnotateError`` subcl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +72,7 @@ class Summary:
     sam_iou: dict[str, float] | None = None  # distribution of SAM's predicted IoU over written instances
     coco_json: str | None = None
     previews: str | None = None
+    prompts: list[str] | None = None  # the class prompts of an open-vocabulary run (data.yaml's names), else None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,6 +113,7 @@ class AnnotationJob:
         self._summary: Summary | None = None
         self._previous: PreviousRun | None = None
         self._lock: OutputLock | None = None
+        self._embeddings_npz: bytes | None = None  # class embeddings the prompt source computed, to save
 
     def __enter__(self) -> AnnotationJob:
         return self
@@ -170,6 +173,9 @@ class AnnotationJob:
             # resolved: the same labels whatever the spelling (a relative path, class names or ids)
             "boxes_from": str(Path(s.prompts.boxes_from).resolve()) if s.prompts.boxes_from else None,
             "classes": list(class_ids) if class_ids is not None else None,
+            # the classes prompts set: their names and embeddings' digest (absent for a detector's own classes, so
+            # that earlier runs' labels still match)
+            **({"prompts": _prompt_fingerprint(record)} if (record := self.models.prompt_record) is not None else {}),
         }
 
     def begin(self) -> PreviousRun:
@@ -184,6 +190,8 @@ class AnnotationJob:
         if self.models is None:
             self.load()
         previous = load_previous(self.layout.output_dir)
+        assert self.models is not None
+        self._embeddings_npz = self.models.embeddings_npz()
         self._check_run_outputs(previous)
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)
@@ -202,6 +210,8 @@ class AnnotationJob:
     def _whole_run_files(self) -> list[str]:
         """The files (relative to the output dir) this run writes besides labels and links, data.yaml aside."""
         names = [self.files.sidecar]
+        if self._embeddings_npz is not None:
+            names.append(self.files.embeddings)
         if self.shard is None:
             o = self.settings.output
             if o.val_fraction > 0:
@@ -279,6 +289,7 @@ class AnnotationJob:
                 "infer_workers": models.plan.infer_workers,
                 "torch_threads": models.plan.torch_threads,
                 "models": models.records,
+                "prompts": models.prompt_record,
                 "data_yaml": str(self.data_yaml_path),
                 "counts": dict(counts),
                 "seconds": round(time.perf_counter() - started, 3),
@@ -288,6 +299,12 @@ class AnnotationJob:
             }
 
         files.update(self._still_ours(previous))
+        engine_settings = s
+        if self._embeddings_npz is not None:
+            # saved before any label, so that workers (and later runs, offline) load them instead of recomputing
+            write_bytes_atomic(out / self.files.embeddings, self._embeddings_npz)
+            files[self.files.embeddings] = bytes_sha256(self._embeddings_npz)
+            engine_settings = with_saved_embeddings(s, out / self.files.embeddings)
         manifest_path = out / self.files.manifest
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
@@ -300,7 +317,9 @@ class AnnotationJob:
 
         engine = engine_entry(s.engine.engine)
         outcomes = engine.run(
-            EngineRun(s, self.layout, previous, fingerprint, listed(), models, journal, self.files.journal)
+            EngineRun(
+                engine_settings, self.layout, previous, fingerprint, listed(), models, journal, self.files.journal
+            )
         )
         complete = False
         last_checkpoint = time.monotonic()
@@ -389,6 +408,7 @@ class AnnotationJob:
             sam_iou=score_summary(scores),
             coco_json=str(out / COCO_NAME) if COCO_NAME in files and s.output.coco else None,
             previews=str(out / PREVIEWS_DIR) if s.output.preview and self.shard is None else None,
+            prompts=list(record["names"]) if (record := models.prompt_record) is not None else None,
         )
 
     @property
@@ -546,6 +566,20 @@ class AnnotationJob:
             raise OutputError(f"{str(path)!r} is a directory; choose another --output-dir")
         write_text_atomic(path, text)
         return path
+
+
+def _prompt_fingerprint(record: dict[str, Any]) -> dict[str, Any]:
+    """The part of an open-vocabulary source's prompt record that decides labels: names and embeddings digest."""
+    return {"names": record.get("names"), "embeddings_sha256": record.get("embeddings_sha256")}
+
+
+def with_saved_embeddings(settings: RunSettings, embeddings: Path) -> RunSettings:
+    """``settings`` with the classes taken from the embeddings this run saved: what a distributed worker loads, so
+    that it never runs the text encoder or the exemplars (nor downloads anything) itself."""
+    prompts = dataclasses.replace(
+        settings.prompts, prompts=None, prompts_file=None, exemplars=None, names=None, prompt_embeddings=str(embeddings)
+    )
+    return dataclasses.replace(settings, prompts=prompts)
 
 
 def _is_our_data_yaml(path: Path) -> bool:

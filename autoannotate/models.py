@@ -16,6 +16,7 @@ from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
 from autoannotate.prompts import prompt_source_for
 from autoannotate.prompts.base import PromptSource
+from autoannotate.prompts.nms import AcrossClassesNMS
 from autoannotate.resume import Journal, PreviousRun
 from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
 from autoannotate.segmenters import load_segmenter
@@ -42,6 +43,17 @@ class Models:
     def class_ids(self) -> tuple[int, ...] | None:
         return self.prompts.class_ids
 
+    @property
+    def prompt_record(self) -> dict[str, Any] | None:
+        """Which prompts set the classes (an open-vocabulary source), or None."""
+        record = getattr(self.prompts, "prompt_record", None)
+        return dict(record) if isinstance(record, dict) else None
+
+    def embeddings_npz(self) -> bytes | None:
+        """Class embeddings the prompt source computed, as ``.npz`` bytes to save, or None."""
+        make = getattr(self.prompts, "embeddings_npz", None)
+        return make() if callable(make) else None
+
 
 def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Models:
     """Pick the device (``--device``, once), load the prompt source and the segmenter on it, size torch's threads.
@@ -51,6 +63,8 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Model
     """
     plan = plan or plan_compute(select_device(settings.runtime.device))
     prompts = prompt_source_for(settings).build(settings, plan.device)
+    if settings.prompts.agnostic_nms:  # every source: end-to-end detectors and label boxes have no NMS of their own
+        prompts = AcrossClassesNMS(prompts, settings.prompts.iou)
     segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
     batch = settings.runtime.batch or segmenter.default_batch()
     apply_threads(plan)

@@ -62,18 +62,24 @@ class LabelEntry:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The manifest, journal and sidecar names of one run: plain, or per shard (``*.shard-I-of-N.*``)."""
+    """The manifest, journal, sidecar and embeddings names of one run: plain, or per shard (``*.shard-I-of-N.*``)."""
 
     manifest: str
     journal: str
     sidecar: str
+    embeddings: str  # the class embeddings a prompt run computed (``prompts.embeddings_file``)
 
 
 def run_file_names(shard: tuple[int, int] | None) -> RunFiles:
     if shard is None:
-        return RunFiles(MANIFEST_NAME, JOURNAL_NAME, SIDECAR_NAME)
+        return RunFiles(MANIFEST_NAME, JOURNAL_NAME, SIDECAR_NAME, "prompt_embeddings.npz")
     tag = f"shard-{shard[0]}-of-{shard[1]}"
-    return RunFiles(f"autoannotate.{tag}.json", f"autoannotate.{tag}.journal.jsonl", f"instances.{tag}.jsonl")
+    return RunFiles(
+        f"autoannotate.{tag}.json",
+        f"autoannotate.{tag}.journal.jsonl",
+        f"instances.{tag}.jsonl",
+        f"prompt_embeddings.{tag}.npz",
+    )
 
 
 @dataclass(frozen=True)

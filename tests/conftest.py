@@ -33,3 +33,18 @@ def yolo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "yolo11n_random.pt"
     model.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def yoloe_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``yoloe-26n-seg.pt`` checkpoint of ultralytics' YOLOE-26n segmentation architecture with random weights.
+
+    The file name matters: ultralytics binds prompt embeddings to a checkpoint's stem (``yoloe-26n``)."""
+    import torch
+    from ultralytics import YOLOE
+
+    torch.manual_seed(0)
+    model = YOLOE("yoloe-26n-seg.yaml")
+    path = tmp_path_factory.mktemp("weights") / "yoloe-26n-seg.pt"
+    model.save(str(path))
+    return path

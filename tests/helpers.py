@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -42,3 +43,25 @@ def synthetic_scene_bgr(hw: tuple[int, int], seed: int = 0) -> np.ndarray:
         color = tuple(int(c) for c in rng.integers(0, 255, 3))
         cv2.circle(image, (x, y), int(rng.integers(4, max(5, min(h, w) // 3))), color, -1)
     return image
+
+
+def write_stand_in_text_encoder(path: Path, dim: int = 512, seed: int = 0) -> Path:
+    """A TorchScript text encoder with MobileCLIP's interface (CLIP tokens ``(N, 77)`` -> L2-normalised ``(N, dim)``)
+    and random weights, saved at ``path`` (``mobileclip2_b.ts`` where YOLOE-26 looks for its encoder): the whole
+    text-prompt path of ultralytics runs offline with it."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(49408, dim)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            features = self.embedding(tokens).mean(dim=1)
+            return torch.nn.functional.normalize(features, dim=-1)
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript, which is what ultralytics loads here
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(Encoder()).save(str(path))
+    return path

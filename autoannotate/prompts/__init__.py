@@ -42,15 +42,23 @@ def _build_labels(settings: RunSettings, device: Any) -> PromptSource:
     return build_label_boxes(settings)
 
 
+def _build_open_vocab(settings: RunSettings, device: Any) -> PromptSource:
+    from autoannotate.prompts.open_vocab import build_open_vocab
+
+    return build_open_vocab(settings, device)
+
+
 def _build_yolo(settings: RunSettings, device: Any) -> PromptSource:
     from autoannotate.prompts.yolo import build_detector
 
     return build_detector(settings, device)
 
 
-#: In order of precedence: ``--boxes-from`` labels when given, else the YOLO detector.
+#: In order of precedence: ``--boxes-from`` labels when given, else an open-vocabulary detector when the classes come
+#: from prompts (text, exemplars or saved embeddings), else the YOLO detector with its own classes.
 PROMPT_SOURCES: dict[str, PromptSourceEntry] = {
     "labels": PromptSourceEntry("labels", lambda s: s.prompts.boxes_from is not None, _build_labels),
+    "open_vocab": PromptSourceEntry("open_vocab", lambda s: s.prompts.open_vocabulary, _build_open_vocab),
     "yolo": PromptSourceEntry("yolo", lambda s: True, _build_yolo),
 }
 

@@ -46,7 +46,7 @@ class LabelBoxes:
         for image, rel_path in zip(images_bgr, rel_paths, strict=True):
             height, width = image.shape[:2]
             path = self.boxes_root / rel_path.with_suffix(".txt")
-            detections = self._read(path, (width, height), None)
+            detections = read_box_labels(path, (width, height))
             unknown = sorted(set(detections.class_id.tolist()) - set(self.names))
             if unknown:
                 known = f"ids 0..{max(self.names)}" if self.names else "no classes"
@@ -57,31 +57,31 @@ class LabelBoxes:
             out.append(keep_classes(detections, self.class_ids))
         return out
 
-    def _read(self, path: Path, resolution_wh: tuple[int, int], class_ids: tuple[int, ...] | None) -> Detections:
-        """The boxes of one label file in pixels of a ``resolution_wh`` image, clipped to it; none without a file.
 
-        Box lines ``class cx cy w h`` and polygon lines (their bounding box) are read by
-        ``dataset.yolo_seg.iter_label_lines``; the first line that does not parse raises ImageError naming it.
-        """
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            return Detections.empty()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ImageError(f"cannot read box labels {str(path)!r}: {err}") from None
-        width, height = resolution_wh
-        size = np.array([width, height, width, height], dtype=np.float64)
-        xyxy, cls = [], []
-        for row in iter_label_lines(text, boxes=True):
-            if isinstance(row, LineProblem):
-                raise ImageError(f"{str(path)!r} line {row.line}: {row.message}")
-            if class_ids is not None and row.class_id not in class_ids:
-                continue
-            box_xyxyn = np.concatenate([row.polygon_norm.min(axis=0), row.polygon_norm.max(axis=0)])
-            xyxy.append(np.clip(box_xyxyn * size, 0, size))
-            cls.append(row.class_id)
-        n = len(xyxy)
-        return Detections(np.array(xyxy, np.float32).reshape(n, 4), np.array(cls, np.int64), np.ones(n, np.float32))
+def read_box_labels(path: Path, resolution_wh: tuple[int, int]) -> Detections:
+    """The boxes of one YOLO label file in pixels of a ``resolution_wh`` image, clipped to it (confidence 1); none
+    without a file.
+
+    Box lines ``class cx cy w h`` and polygon lines (their bounding box) are read by
+    ``dataset.yolo_seg.iter_label_lines``; the first line that does not parse raises ImageError naming it.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return Detections.empty()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ImageError(f"cannot read box labels {str(path)!r}: {err}") from None
+    width, height = resolution_wh
+    size = np.array([width, height, width, height], dtype=np.float64)
+    xyxy, cls = [], []
+    for row in iter_label_lines(text, boxes=True):
+        if isinstance(row, LineProblem):
+            raise ImageError(f"{str(path)!r} line {row.line}: {row.message}")
+        box_xyxyn = np.concatenate([row.polygon_norm.min(axis=0), row.polygon_norm.max(axis=0)])
+        xyxy.append(np.clip(box_xyxyn * size, 0, size))
+        cls.append(row.class_id)
+    n = len(xyxy)
+    return Detections(np.array(xyxy, np.float32).reshape(n, 4), np.array(cls, np.int64), np.ones(n, np.float32))
 
 
 def names_from_boxes(boxes_root: Path) -> dict[int, str]:

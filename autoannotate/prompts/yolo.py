@@ -35,6 +35,7 @@ class DetectSettings:
     max_det: int = 300
     class_ids: tuple[int, ...] | None = None
     half: bool = False  # fp16 on CUDA (ultralytics ignores it on CPU)
+    agnostic_nms: bool = False  # NMS across classes (always passed: YOLOE's predict defaults it to on)
 
 
 def _resolve_detector_weights(name_or_path: str) -> str:
@@ -125,6 +126,15 @@ class Detector:
     def with_settings(self, settings: DetectSettings) -> Detector:
         return Detector(self._model, settings, self.device, self.weights_path, self._names)
 
+    def with_names(self, names: dict[int, str]) -> Detector:
+        """This detector after its model's classes were set to ``names`` (an open-vocabulary model)."""
+        return Detector(self._model, self.settings, self.device, self.weights_path, dict(names))
+
+    @property
+    def model(self) -> object:
+        """The ultralytics model object (``YOLO``, ``YOLOE``, ``YOLOWorld``)."""
+        return self._model
+
     @property
     def names(self) -> dict[int, str]:
         """Class id -> name, as the model was trained (ids unchanged)."""
@@ -169,6 +179,7 @@ class Detector:
             imgsz=s.imgsz,
             max_det=s.max_det,
             classes=list(s.class_ids) if s.class_ids is not None else None,
+            agnostic_nms=s.agnostic_nms,
             device=self.device,
             batch=len(images_bgr),
             verbose=False,
@@ -228,18 +239,21 @@ def _precision_kwargs(half: bool) -> dict[str, object]:
     return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
 
 
+def detect_settings(settings: RunSettings, class_ids: tuple[int, ...] | None) -> DetectSettings:
+    """The run's detector thresholds, with ``class_ids`` its resolved ``--classes``."""
+    p = settings.prompts
+    return DetectSettings(
+        conf=p.conf,
+        iou=p.iou,
+        imgsz=p.imgsz,
+        max_det=p.max_det,
+        class_ids=class_ids,
+        half=settings.runtime.half,
+        agnostic_nms=p.agnostic_nms,
+    )
+
+
 def build_detector(settings: RunSettings, device: torch.device) -> Detector:
     """The ``--det-model`` detector on ``device`` with the run's thresholds, ``--classes`` resolved against it."""
-    p = settings.prompts
-    detector = Detector.from_weights(p.det_model, device)
-    class_ids = detector.resolve_classes(p.classes)
-    return detector.with_settings(
-        DetectSettings(
-            conf=p.conf,
-            iou=p.iou,
-            imgsz=p.imgsz,
-            max_det=p.max_det,
-            class_ids=class_ids,
-            half=settings.runtime.half,
-        )
-    )
+    detector = Detector.from_weights(settings.prompts.det_model, device)
+    return detector.with_settings(detect_settings(settings, detector.resolve_classes(settings.prompts.classes)))
