@@ -210,7 +210,8 @@ def test_run_help_shows_defaults_from_the_settings_and_keeps_brackets():
     defaults = {o.name: o.default for o in option_fields()}
     for option, field in [("--conf", "conf"), ("--iou", "iou"), ("--imgsz", "imgsz"), ("--max-det", "max_det")]:
         assert re.search(rf"{option} <\w+> [^[]*\[default: {re.escape(str(defaults[field]))}\]", text), option
-    assert "[default: 0.25]" in text and "[default: yolo11x.pt]" in text and "[default: merge]" in text
+    assert "[default: 0.25]" in text and "[default: yolo11x.pt; yoloe-26l-seg.pt with --prompts," in text
+    assert "[default: merge]" in text
     assert "[default: no-half]" in text and "[default: '']" in text  # a bool flag; the empty --device
     assert "pip install 'autoannotate[ray]'" in text  # markup would eat "[ray]"
     assert "<bool>" not in text
@@ -323,7 +324,7 @@ def test_names_without_boxes_from_is_a_config_error(tmp_path: Path, models: list
     result = runner.invoke(app, ["run", "--data", str(tmp_path / "imgs"), "--names", str(tmp_path / "data.yaml")])
     assert result.exit_code == 2, result.output
     assert _error_lines(result.stderr) == [
-        "error: --names only applies with --boxes-from; drop --names or add --boxes-from LABELS_DIR"
+        "error: --names only applies with --boxes-from or --exemplars; drop --names or add --boxes-from LABELS_DIR"
     ]
 
 
