@@ -436,7 +436,7 @@ class PromptSettings:
     @property
     def open_vocabulary(self) -> bool:
         """Whether the classes come from prompts (text, exemplars or saved embeddings), not from the detector."""
-        return any(v is not None for v in (self.prompts, self.prompts_file, self.exemplars, self.prompt_embeddings))
+        return any(getattr(self, name) is not None for name in _CLASS_SOURCES)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.conf <= 1.0, "conf", self.conf, "a number in [0, 1]")

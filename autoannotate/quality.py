@@ -56,15 +56,24 @@ def mask_box_xyxy(mask: np.ndarray) -> np.ndarray | None:
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
+def box_ious_xyxy(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``(4,)`` ``xyxy`` box with each of ``(N, 4)`` boxes, in float64 (0 where the union is empty).
+    The one box-IoU of the package (``box_iou_xyxy`` is its one-to-one form)."""
+    box, boxes = box.astype(np.float64), boxes.astype(np.float64)
+    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = width * height
+    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def box_iou_xyxy(a: np.ndarray | None, b: np.ndarray) -> float:
     """IoU of two ``x1 y1 x2 y2`` boxes (0.0 when ``a`` is None)."""
     if a is None:
         return 0.0
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+    return float(box_ious_xyxy(np.asarray(a), np.asarray(b).reshape(1, 4))[0])
 
 
 def fill_iou(polygons_xy_px: list[np.ndarray], mask: np.ndarray, mask_box: np.ndarray | None) -> float:

@@ -92,3 +92,11 @@ def test_half_asks_ultralytics_for_fp16():
     fake = FakeYOLO()
     Detector(fake, DetectSettings(half=True), torch.device("cpu")).detect([np.zeros((8, 8, 3), np.uint8)])
     assert fake.calls[0].get("quantize") == 16 or fake.calls[0].get("half") is True
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_agnostic_nms_is_always_passed_to_ultralytics(agnostic: bool):
+    """Given either way: YOLOE's predict turns it on when it is left out."""
+    fake = FakeYOLO()
+    Detector(fake, DetectSettings(agnostic_nms=agnostic), torch.device("cpu")).detect([np.zeros((8, 8, 3), np.uint8)])
+    assert fake.calls[0]["agnostic_nms"] is agnostic

@@ -7,6 +7,7 @@ torch.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class PromptEmbeddings:
     names: tuple[str, ...]
     vectors: np.ndarray
     model: str
+    file_sha256: str | None = None  # of the file they were read from
 
 
 def model_id(checkpoint: str | Path) -> str:
@@ -64,7 +66,8 @@ def read_npz(path: Path, flag: str = "--prompt-embeddings") -> PromptEmbeddings:
             raise ConfigError(f"{flag} {shown!r} is not a file: pass an .npz of class embeddings")
         if size > MAX_EMBEDDINGS_BYTES:
             raise ConfigError(f"{flag} {shown!r} is over {MAX_EMBEDDINGS_BYTES >> 20} MiB: not an embeddings file")
-        loaded = np.load(path, allow_pickle=False)
+        raw = path.read_bytes()  # read once: loaded from memory, and hashed for the manifest
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array
             raise ConfigError(f"{flag} {shown!r} is {_NOT_OURS}")
         with loaded as data:
@@ -88,7 +91,8 @@ def read_npz(path: Path, flag: str = "--prompt-embeddings") -> PromptEmbeddings:
         )
     if not np.isfinite(vectors).all():
         raise ConfigError(f"{flag} {shown!r}: 'embeddings' holds NaN or infinite values")
-    return PromptEmbeddings(tuple(str(n) for n in names.tolist()), vectors, str(model.item()))
+    names_tuple = tuple(str(n) for n in names.tolist())
+    return PromptEmbeddings(names_tuple, vectors, str(model.item()), hashlib.sha256(raw).hexdigest())
 
 
 def check_matches(

@@ -14,19 +14,8 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from autoannotate.prompts.base import PromptSource
+from autoannotate.quality import box_ious_xyxy
 from autoannotate.types import Detections
-
-
-def box_iou_xyxy(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one ``(4,)`` pixel ``xyxy`` box with each of ``(N, 4)`` boxes, in float64 (0 where both are empty)."""
-    box, boxes = box.astype(np.float64), boxes.astype(np.float64)
-    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = width * height
-    area = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    union = area + areas - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def suppress_across_classes(detections: Detections, iou: float) -> Detections:
@@ -42,7 +31,7 @@ def suppress_across_classes(detections: Detections, iou: float) -> Detections:
         if suppressed[index]:
             continue
         keep[index] = True
-        overlaps = box_iou_xyxy(detections.xyxy[index], detections.xyxy) > iou
+        overlaps = box_ious_xyxy(detections.xyxy[index], detections.xyxy) > iou
         suppressed |= overlaps
     return Detections(detections.xyxy[keep], detections.class_id[keep], detections.confidence[keep])
 

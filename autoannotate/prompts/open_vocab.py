@@ -116,14 +116,6 @@ def _set_classes(kind: str, yolo: Any, names: list[str], vectors: torch.Tensor) 
     yolo.predictor = None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def embeddings_sha256(names: Sequence[str], vectors: np.ndarray) -> str:
     """A digest of the classes as the detector sees them: their names and embeddings, the embeddings rounded to
     1e-4 so that float noise between machines does not count. The same prompts give the same digest whether
@@ -163,7 +155,7 @@ def build_open_vocab(settings: RunSettings, device: torch.device) -> OpenVocabDe
         check_matches(loaded, p.prompt_embeddings, bound_to, _embedding_dim(kind, yolo.model), prompts)
         names = list(loaded.names)
         vectors = torch.from_numpy(loaded.vectors.copy())
-        record = {"source": "embeddings", "names": names, "prompt_embeddings_sha256": _file_sha256(path)}
+        record = {"source": "embeddings", "names": names, "prompt_embeddings_sha256": loaded.file_sha256}
     elif exemplars is not None:
         from autoannotate.prompts.exemplars import exemplars_sha256, visual_embeddings
 

@@ -11,7 +11,6 @@ time.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import types
 import warnings
@@ -103,6 +102,4 @@ def text_embeddings(kind: str, yolo: Any, prompts: list[str], detector_name: str
             f"the text encoder {name} of {detector_name} does not load ({one_line(err, 100)}); delete it so that"
             " it is downloaded again, or pass --prompt-embeddings FILE.npz"
         ) from None
-    with contextlib.suppress(AttributeError):
-        yolo.model.clip_model = None  # never keep the encoder: it is only needed once
     return embeddings.detach().float()
