@@ -233,10 +233,7 @@ class Annotator:
                     [item.source.rel_path for item in items],
                 )
             with_boxes = [(item, det) for item, det in zip(items, detections, strict=True) if len(det)]
-            results = self.segmenter.segment(
-                [item.prepared for item, _ in with_boxes],
-                [det.xyxy for _, det in with_boxes],
-            )
+            results = self.segmenter.segment([item.prepared for item, _ in with_boxes], [det for _, det in with_boxes])
         except Exception as err:
             out_of_memory = _is_out_of_memory(err)
             if out_of_memory:

@@ -30,14 +30,26 @@ class Status(StrEnum):
 
 @dataclass(frozen=True)
 class Detections:
-    """Box prompts of one image, in that image's pixel frame.
+    """Prompts of one image, in that image's pixel frame: one instance per row, each segmented into one mask.
 
     ``xyxy``: (N, 4) float32, x1 y1 x2 y2 pixels; ``class_id``: (N,) int64; ``confidence``: (N,) float32.
+
+    Optional, for prompt sources and segmenters beyond boxes:
+
+    - ``points``: one ``(K_i, 3)`` float32 array per instance, ``x y label`` in pixels (pixel centres at ``x + 0.5``,
+      as SAM reads them), label 1 for a positive point and 0 for a negative one; None when every instance is a box.
+    - ``box_given``: (N,) bool, whether ``xyxy`` is a box prompt; where False, ``xyxy`` only bounds the instance's
+      points (for reports) and the segmenter is given its points alone. None means every ``xyxy`` is a box prompt.
+    - ``masks``: (N, H, W) bool, the detector's own masks in the image frame (a segmentation detector, kept for
+      ``--sam-model none``); None otherwise.
     """
 
     xyxy: np.ndarray
     class_id: np.ndarray
     confidence: np.ndarray
+    points: tuple[np.ndarray, ...] | None = field(default=None, compare=False)
+    box_given: np.ndarray | None = field(default=None, compare=False)
+    masks: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.xyxy)
@@ -45,13 +57,46 @@ class Detections:
             raise ValueError(
                 f"inconsistent Detections shapes {self.xyxy.shape}, {self.class_id.shape}, {self.confidence.shape}"
             )
+        if self.points is not None and (
+            len(self.points) != n or any(p.ndim != 2 or p.shape[1] != 3 for p in self.points)
+        ):
+            raise ValueError(f"Detections.points needs one (K, 3) array per instance ({n})")
+        if self.box_given is not None and self.box_given.shape != (n,):
+            raise ValueError(f"Detections.box_given has shape {self.box_given.shape}, expected ({n},)")
+        if self.masks is not None and (self.masks.ndim != 3 or len(self.masks) != n):
+            raise ValueError(f"Detections.masks has shape {self.masks.shape}, expected ({n}, H, W)")
 
     def __len__(self) -> int:
         return len(self.xyxy)
 
+    def select(self, keep: np.ndarray) -> Detections:
+        """The instances where the (N,) bool ``keep`` is True (or at the int indices ``keep``), in order, with
+        every optional field subset alike."""
+        index = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, np.int64)
+        return Detections(
+            self.xyxy[index],
+            self.class_id[index],
+            self.confidence[index],
+            points=None if self.points is None else tuple(self.points[i] for i in index),
+            box_given=None if self.box_given is None else self.box_given[index],
+            masks=None if self.masks is None else self.masks[index],
+        )
+
+    def has_box(self, index: int) -> bool:
+        """Whether instance ``index`` was prompted with its box (``box_given``; True when that is None)."""
+        return self.box_given is None or bool(self.box_given[index])
+
     @classmethod
     def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), np.float32))
+
+    @classmethod
+    def from_boxes(cls, xyxy: np.ndarray, class_id: np.ndarray | None = None) -> Detections:
+        """Box prompts alone (class 0 and confidence 1 unless given): what a caller with boxes hands a segmenter."""
+        boxes = np.asarray(xyxy, np.float32).reshape(-1, 4)
+        n = len(boxes)
+        classes = np.zeros(n, np.int64) if class_id is None else np.asarray(class_id, np.int64).reshape(n)
+        return cls(boxes, classes, np.ones(n, np.float32))
 
 
 @dataclass(frozen=True)

@@ -386,7 +386,7 @@ def run_timing(args: argparse.Namespace, work: Path) -> None:
     box_sweep_wh = parse_wh(args.box_sweep_wh)
     # Warm-up: the first SAM call pays one-off costs (allocator, oneDNN primitive creation).
     warm = write_synthetic_images(work / "warmup", 1, sizes_wh=(box_sweep_wh,))[0]
-    segmenter.segment([decode_for_sam(warm)[1]], [fixed_boxes_xyxy(box_sweep_wh, 1)])
+    segmenter.predict([decode_for_sam(warm)[1]], [fixed_boxes_xyxy(box_sweep_wh, 1)])
 
     print(f"\nboxes per image ({box_sweep_wh[0]}x{box_sweep_wh[1]} images; seconds unless marked):")
     print(TABLE_HEADER)

@@ -483,7 +483,7 @@ def sam_mask_agreement(inputs: Inputs, weights: StandinWeights, settings: Settin
         image_bgr = read_image_bgr(path)  # the pixels `autoannotate run` sees (EXIF orientation applied)
         (found,) = detector.detect([image_bgr])
         prepared = prepare_image(np.ascontiguousarray(image_bgr[..., ::-1]))
-        full, half = (segmenter.segment([prepared], [found.xyxy])[0] for segmenter in segmenters)
+        full, half = (segmenter.segment([prepared], [found])[0] for segmenter in segmenters)
         ious += [mask_iou(full.mask(i), half.mask(i)) for i in range(len(found))]
     if not ious:
         return float("nan"), float("nan"), 0

@@ -66,7 +66,8 @@ class BoxSegmenter:
     def default_batch(self):
         return 1
 
-    def segment(self, images, boxes_xyxy):
+    def segment(self, images, prompts):
+        boxes_xyxy = [p.xyxy for p in prompts]
         self.calls.append(len(images))
         if self.oom_above is not None and len(images) > self.oom_above:
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

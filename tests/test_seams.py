@@ -26,7 +26,7 @@ from autoannotate.prompts import PROMPT_SOURCES, prompt_entry
 from autoannotate.prompts.base import resolve_classes
 from autoannotate.prompts.labels import LabelBoxes
 from autoannotate.quality import InstanceQuality
-from autoannotate.types import ImageOutcome, Masks, Status
+from autoannotate.types import Detections, ImageOutcome, Masks, Status
 
 # --- torch-free core -------------------------------------------------------------------------------------------------
 
@@ -258,9 +258,9 @@ class RectangleSegmenter:
     def prepare(self, image_rgb: np.ndarray) -> tuple[int, int]:
         return int(image_rgb.shape[0]), int(image_rgb.shape[1])
 
-    def segment(self, prepared: list[tuple[int, int]], boxes_xyxy: list[np.ndarray]) -> list[Masks]:
+    def segment(self, prepared: list[tuple[int, int]], prompts: list[Detections]) -> list[Masks]:
         out = []
-        for (h, w), boxes in zip(prepared, boxes_xyxy, strict=True):
+        for (h, w), boxes in zip(prepared, [p.xyxy for p in prompts], strict=True):
             masks = np.zeros((len(boxes), h, w), bool)
             for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
                 masks[i, y1:y2, x1:x2] = True

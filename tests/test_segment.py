@@ -28,7 +28,7 @@ from autoannotate.segmenters.sam import (
 )
 from autoannotate.segmenters.sam_transforms import PreparedImage, SegmentationResult, prepare_image
 from autoannotate.segmenters.weights import resolve_weights
-from autoannotate.types import Masks
+from autoannotate.types import Detections, Masks
 
 
 def resolve_sam_weights(name_or_path: str | Path, **kwargs: Any) -> Path:
@@ -454,7 +454,7 @@ def test_zero_boxes_give_empty_results_without_encoding(segmenter: BoxSegmenter)
     calls = _EncoderCalls(segmenter.model)
     try:
         results = segmenter.predict(images, [np.zeros((0, 4), np.float32), np.empty((0,))])
-        masks = segmenter.segment(images, [np.zeros((0, 4), np.float32), np.empty((0,))])
+        masks = segmenter.segment(images, [Detections.empty(), Detections.from_boxes(np.empty((0,)))])
     finally:
         calls.remove()
     assert calls.batch_sizes == []
@@ -480,7 +480,7 @@ def test_zero_boxes_give_empty_results_without_encoding(segmenter: BoxSegmenter)
 def test_segment_rejects_bad_boxes(segmenter: BoxSegmenter, images: Any, boxes: Any, message: str) -> None:
     images = [prepare_image(_smooth_image(50, 80))] if images is None else images
     with pytest.raises(ValueError, match=message):
-        segmenter.segment(images, boxes)
+        segmenter.predict(images, boxes)
 
 
 def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,11 +520,11 @@ def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
     boxes = np.array([[5, 5, 60, 70], [50, 10, 139, 89], [0, 0, 140, 90]], np.float32)
     segmenter = segment_module.BoxSegmenter.from_weights(mobile_sam_weights, "cpu")
     (eager,) = segmenter.predict([segmenter.prepare(image)], [boxes])
-    (eager_masks,) = segmenter.segment([segmenter.prepare(image)], [boxes])
+    (eager_masks,) = segmenter.segment([segmenter.prepare(image)], [Detections.from_boxes(boxes)])
     assert eager.eager_masks is not None and eager_masks.held is not None
     monkeypatch.setattr(segment_module, "_EAGER_MASK_BYTES", 0)
     (lazy,) = segmenter.predict([segmenter.prepare(image)], [boxes])
-    (lazy_masks,) = segmenter.segment([segmenter.prepare(image)], [boxes])
+    (lazy_masks,) = segmenter.segment([segmenter.prepare(image)], [Detections.from_boxes(boxes)])
     assert lazy.eager_masks is None
     assert lazy_masks.held is None and lazy_masks.render is not None
     for index in range(3):
@@ -541,7 +541,7 @@ def test_segment_returns_masks_with_sam_scores_and_stability(fast_segmenter: Box
     images = [prepare_image(_smooth_image(150, 260)), prepare_image(_smooth_image(300, 180))]
     boxes = [np.array([[130, 0, 260, 75], [20, 40, 100, 140]], np.float32), np.array([[0, 0, 90, 150.5]])]
     raw = fast_segmenter.predict(images, boxes)
-    masks = fast_segmenter.segment(images, boxes)
+    masks = fast_segmenter.segment(images, [Detections.from_boxes(b) for b in boxes])
     assert all(isinstance(m, Masks) for m in masks)
     for result, m in zip(raw, masks, strict=True):
         assert m.original_hw == result.original_hw and len(m) == len(result)

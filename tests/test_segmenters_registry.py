@@ -15,7 +15,7 @@ import torch
 
 from autoannotate.errors import ModelError
 from autoannotate.segmenters import SEGMENTERS, Segmenter, SegmenterEntry, load_segmenter
-from autoannotate.types import Masks
+from autoannotate.types import Detections, Masks
 
 
 class FakeSegmenter:
@@ -28,10 +28,10 @@ class FakeSegmenter:
     def prepare(self, image_rgb: np.ndarray) -> tuple[int, int]:
         return int(image_rgb.shape[0]), int(image_rgb.shape[1])
 
-    def segment(self, prepared: Sequence[Any], boxes_xyxy: Sequence[np.ndarray]) -> list[Masks]:
+    def segment(self, prepared: Sequence[Any], prompts: Sequence[Detections]) -> list[Masks]:
         return [
             Masks(np.ones(len(b), np.float32), np.full(len(b), np.nan, np.float32), hw, np.ones((len(b), *hw), bool))
-            for hw, b in zip(prepared, boxes_xyxy, strict=True)
+            for hw, b in zip(prepared, prompts, strict=True)
         ]
 
     def default_batch(self) -> int:
@@ -68,7 +68,9 @@ def test_registered_fake_is_picked_for_its_checkpoint(tmp_path: Path, monkeypatc
     assert isinstance(segmenter, FakeSegmenter) and isinstance(segmenter, Segmenter)
     loaded_as = (segmenter.weights_path, segmenter.device, segmenter.half, segmenter.variant)
     assert loaded_as == (path, "cpu", True, "fake_v1")
-    (masks,) = segmenter.segment([segmenter.prepare(np.zeros((3, 5, 3), np.uint8))], [np.zeros((2, 4))])
+    (masks,) = segmenter.segment(
+        [segmenter.prepare(np.zeros((3, 5, 3), np.uint8))], [Detections.from_boxes(np.zeros((2, 4)))]
+    )
     assert masks.mask(1).shape == (3, 5)
 
 

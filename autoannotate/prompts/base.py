@@ -72,4 +72,4 @@ def keep_classes(detections: Detections, class_ids: tuple[int, ...] | None) -> D
     if class_ids is None or not len(detections):
         return detections
     keep = np.isin(detections.class_id, np.asarray(class_ids, np.int64))
-    return Detections(detections.xyxy[keep], detections.class_id[keep], detections.confidence[keep])
+    return detections.select(keep)

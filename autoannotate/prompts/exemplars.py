@@ -75,7 +75,7 @@ def read_exemplars(root_text: str, names: dict[int, str]) -> list[Exemplar]:
                 f"{len(names) - 1}); fix the label or the names"
             )
         keep = (boxes.xyxy[:, 2] > boxes.xyxy[:, 0]) & (boxes.xyxy[:, 3] > boxes.xyxy[:, 1])  # no empty boxes
-        boxes = Detections(boxes.xyxy[keep], boxes.class_id[keep], boxes.confidence[keep])
+        boxes = boxes.select(keep)
         if len(boxes):
             out.append(Exemplar(image, label, image_bgr, boxes))
     if not out:

@@ -33,7 +33,7 @@ def suppress_across_classes(detections: Detections, iou: float) -> Detections:
         keep[index] = True
         overlaps = box_ious_xyxy(detections.xyxy[index], detections.xyxy) > iou
         suppressed |= overlaps
-    return Detections(detections.xyxy[keep], detections.class_id[keep], detections.confidence[keep])
+    return detections.select(keep)
 
 
 class AcrossClassesNMS:

@@ -12,17 +12,23 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from autoannotate.types import Masks
+from autoannotate.types import Detections, Masks
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Segmenter", "SegmenterEntry"]
+__all__ = ["BOX_PROMPTS", "POINT_PROMPTS", "Segmenter", "SegmenterEntry", "prompt_kinds"]
+
+#: What ``prompt_kinds`` may hold: box prompts (every segmenter takes them), point prompts.
+BOX_PROMPTS = "boxes"
+POINT_PROMPTS = "points"
 
 
 @runtime_checkable
 class Segmenter(Protocol):
-    """A box-prompted segmenter: one mask per box, in box order, in each image's own pixel frame.
+    """A prompted segmenter: one mask per instance (a box, points, or both), in order, in each image's own pixel
+    frame. A segmenter that takes more than box prompts says so with a ``prompt_kinds`` attribute (see
+    ``prompt_kinds``).
 
     A batch goes through two calls: ``prepare`` once per image (CPU only and thread-safe: the pipeline runs it in its
     decode worker pool), then ``segment`` over ``default_batch()`` prepared images at a time on the model's device.
@@ -42,16 +48,18 @@ class Segmenter(Protocol):
         """``(H, W, 3)`` uint8 RGB image -> whatever ``segment`` takes for it (on CPU; no device work here)."""
         ...
 
-    def segment(self, prepared: Sequence[Any], boxes_xyxy: Sequence[np.ndarray]) -> list[Masks]:
-        """Segment every box of every image.
+    def segment(self, prepared: Sequence[Any], prompts: Sequence[Detections]) -> list[Masks]:
+        """Segment every instance of every image.
 
         Args:
             prepared: What ``prepare`` returned, one per image.
-            boxes_xyxy: One ``(N_i, 4)`` float array per image, pixel ``x1 y1 x2 y2`` in that image's original
-                ``(H, W)`` frame; ``N_i`` may be 0.
+            prompts: One ``Detections`` per image, in that image's original ``(H, W)`` pixel frame: its boxes
+                (``xyxy``), and, where a prompt source gave them, its points (``points``, with ``box_given`` saying
+                which boxes are prompts too) or the detector's own masks (``masks``); may hold no instance.
 
         Returns:
-            One ``Masks`` per image, in order, aligned 1:1 with its boxes, masks ``(H, W)`` bool in the original frame.
+            One ``Masks`` per image, in order, aligned 1:1 with its instances, masks ``(H, W)`` bool in the original
+            frame.
         """
         ...
 
@@ -87,3 +95,9 @@ class SegmenterEntry:
     variants: tuple[str, ...] = ()
     assets: frozenset[str] = frozenset()
     explain: Callable[[Mapping[str, Any]], str | None] | None = None
+
+
+def prompt_kinds(segmenter: object) -> frozenset[str]:
+    """The prompt kinds a segmenter takes: its ``prompt_kinds`` attribute, else box prompts alone."""
+    kinds = getattr(segmenter, "prompt_kinds", None)
+    return frozenset(kinds) if kinds else frozenset({BOX_PROMPTS})

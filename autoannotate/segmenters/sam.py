@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,8 +31,9 @@ import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
-from autoannotate.segmenters.base import SegmenterEntry
+from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.sam_transforms import (
+    LOW_RES_SIZE,
     SAM_IMAGE_SIZE,
     PreparedImage,
     SegmentationResult,
@@ -39,7 +41,7 @@ from autoannotate.segmenters.sam_transforms import (
     prepare_image,
 )
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
-from autoannotate.types import Masks
+from autoannotate.types import Detections, Masks
 
 __all__ = [
     "SAM_ASSET_NAMES",
@@ -219,6 +221,38 @@ def default_decoder_batch_size(device: torch.device | str) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _InstancePrompts:
+    """What prompts each instance of one image: its box (``with_box[i]``) and its ``(K, 3)`` points (K may be 0)."""
+
+    with_box: tuple[bool, ...]
+    points: tuple[np.ndarray, ...]
+
+    def groups(self) -> list[tuple[bool, int, list[int]]]:
+        """``(with_box, number of points, instance indices)`` per prompt shape, in order of first appearance."""
+        by_shape: dict[tuple[bool, int], list[int]] = {}
+        for i, (box, pts) in enumerate(zip(self.with_box, self.points, strict=True)):
+            by_shape.setdefault((box, len(pts)), []).append(i)
+        return [(box, k, members) for (box, k), members in by_shape.items()]
+
+
+def _instance_prompts(
+    n: int, points: Sequence[np.ndarray] | None, box_given: np.ndarray | None, index: int
+) -> _InstancePrompts:
+    """One image's per-instance prompts, checked: every instance needs its box or at least one point."""
+    empty = np.zeros((0, 3), np.float64)
+    pts = tuple(empty for _ in range(n)) if points is None else tuple(np.asarray(p, np.float64) for p in points)
+    boxes = (True,) * n if box_given is None else tuple(bool(b) for b in np.asarray(box_given).reshape(-1))
+    if len(pts) != n or len(boxes) != n:
+        raise ValueError(f"image {index}: points and box_given need one entry per box ({n})")
+    for i, (box, p) in enumerate(zip(boxes, pts, strict=True)):
+        if p.ndim != 2 or p.shape[1] != 3 or not np.isfinite(p).all():
+            raise ValueError(f"image {index}, instance {i}: points must be a finite (K, 3) array of x y label")
+        if not box and not len(p):
+            raise ValueError(f"image {index}, instance {i}: neither a box nor a point to prompt with")
+    return _InstancePrompts(boxes, pts)
+
+
 def _validated_boxes(boxes_xyxy: np.ndarray, index: int) -> np.ndarray:
     """``(N, 4)`` float64 copy of one image's boxes, or ValueError naming the image index."""
     boxes = np.asarray(boxes_xyxy)
@@ -332,6 +366,9 @@ class BoxSegmenter:
             use_onednn(model)
         return cls(model, half=half, variant=variant, weights_path=path)
 
+    #: Box prompts, point prompts, and both together (``segmenters.base.prompt_kinds``).
+    prompt_kinds = frozenset({BOX_PROMPTS, POINT_PROMPTS})
+
     def release_cached_memory(self) -> None:
         """Return cached CUDA memory to the device (after an out-of-memory error); nothing to do on CPU."""
         if self.device.type == "cuda":
@@ -400,30 +437,44 @@ class BoxSegmenter:
         h, w = image.input_hw
         return F.pad(x, (0, SAM_IMAGE_SIZE - w, 0, SAM_IMAGE_SIZE - h))
 
-    def segment(self, prepared: Sequence[PreparedImage], boxes_xyxy: Sequence[np.ndarray]) -> list[Masks]:
-        """Segment every box of every image: ``predict``, as ``types.Masks`` (``SegmentationResult.to_masks``).
+    def segment(self, prepared: Sequence[PreparedImage], prompts: Sequence[Detections]) -> list[Masks]:
+        """Segment every instance of every image: ``predict`` with each image's boxes and points, as ``types.Masks``
+        (``SegmentationResult.to_masks``).
 
         Returns:
-            One ``Masks`` per image, in order, aligned 1:1 with its boxes, in its original ``(H, W)`` frame:
-            ``scores`` SAM's predicted IoU (float32), ``stability`` ``quality.stability_score`` of each box's low-res
-            logits, the masks held when they fit a memory budget, else computed one box at a time by ``render``.
+            One ``Masks`` per image, in order, aligned 1:1 with its instances, in its original ``(H, W)`` frame:
+            ``scores`` SAM's predicted IoU (float32), ``stability`` ``quality.stability_score`` of each instance's
+            low-res logits, the masks held when they fit a memory budget, else computed one at a time by ``render``.
 
         Raises:
             ValueError: As ``predict``.
         """
-        return [result.to_masks() for result in self.predict(prepared, boxes_xyxy)]
+        results = self.predict(
+            prepared,
+            [p.xyxy for p in prompts],
+            points=[p.points for p in prompts],
+            box_given=[p.box_given for p in prompts],
+        )
+        return [result.to_masks() for result in results]
 
     def predict(
         self,
         images: Sequence[PreparedImage],
         boxes_xyxy: Sequence[np.ndarray],
+        *,
+        points: Sequence[Sequence[np.ndarray] | None] | None = None,
+        box_given: Sequence[np.ndarray | None] | None = None,
     ) -> list[SegmentationResult]:
-        """Segment every box of every image; one encoder pass over all images that have boxes.
+        """Segment every instance of every image; one encoder pass over all images that have any.
 
         Args:
             images: Prepared images (``prepare``); pass ``default_batch()`` at a time.
             boxes_xyxy: One ``(N_i, 4)`` float array per image: pixel ``x1, y1, x2, y2`` in that image's
                 original ``(H, W)`` frame. ``N_i`` may be 0 (the image is then not encoded at all).
+            points: Per image, None (box prompts only) or one ``(K, 3)`` array per instance, pixel ``x y label``
+                (1 positive, 0 negative), prompted together with its box where ``box_given`` says so, as
+                ``SamPredictor.predict(point_coords, point_labels, box)`` does for one instance.
+            box_given: Per image, None (every box is a prompt) or ``(N_i,)`` bool: which boxes are prompts.
 
         Returns:
             One ``SegmentationResult`` per image, in order; masks ``(N_i, H, W)`` bool aligned 1:1 with the boxes.
@@ -434,6 +485,10 @@ class BoxSegmenter:
         if len(images) != len(boxes_xyxy):
             raise ValueError(f"got {len(images)} images but {len(boxes_xyxy)} box arrays; pass one array per image")
         boxes_per_image = [_validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
+        prompts_per_image = [
+            _instance_prompts(len(b), (points or [None] * len(images))[i], (box_given or [None] * len(images))[i], i)
+            for i, b in enumerate(boxes_per_image)
+        ]
         results: list[SegmentationResult | None] = [
             None if len(b) else SegmentationResult.empty(img.original_hw, img.input_hw)
             for img, b in zip(images, boxes_per_image, strict=True)
@@ -452,7 +507,7 @@ class BoxSegmenter:
                 image_pe = self._dense_pe()
                 for k, i in enumerate(todo):
                     results[i] = self._segment_one(
-                        embeddings[k : k + 1], image_pe, images[i], boxes_per_image[i], device
+                        embeddings[k : k + 1], image_pe, images[i], boxes_per_image[i], prompts_per_image[i], device
                     )
         return [r for r in results if r is not None]
 
@@ -462,33 +517,48 @@ class BoxSegmenter:
         image_pe: torch.Tensor,
         image: PreparedImage,
         boxes_xyxy: np.ndarray,
+        prompts: _InstancePrompts,
         device: torch.device,
     ) -> SegmentationResult:
-        """Decode all boxes of one image from its ``(1, C, 64, 64)`` embedding and postprocess the masks."""
+        """Decode all instances of one image from its ``(1, C, 64, 64)`` embedding and postprocess the masks.
+
+        Instances are decoded in groups of one prompt shape (box or not, number of points), each in chunks of at
+        most the decoder batch; outputs go back to instance order.
+        """
         (h0, w0), (h1, w1) = image.original_hw, image.input_hw
-        # Reference apply_boxes: float64 scaling per axis, then float32 on the device.
+        # Reference apply_boxes / apply_coords: float64 scaling per axis, then float32 on the device.
         scale_xyxy = np.array([w1 / w0, h1 / h0, w1 / w0, h1 / h0], np.float64)
         boxes_input = torch.as_tensor(boxes_xyxy * scale_xyxy, dtype=torch.float32, device=device)
-
         chunk = self._decoder_batch_size or default_decoder_batch_size(device)
-        logits_chunks, iou_chunks = [], []
-        for start in range(0, len(boxes_input), chunk):
-            # The prompt encoder stays in float32 even with half=True: box corners go through a Fourier
-            # positional encoding whose matmul, autocast to bfloat16 (8-bit mantissa), would move them by up to
-            # ~4 px of the 1024 frame.
-            sparse, dense = self._prompt_encoder(points=None, boxes=boxes_input[start : start + chunk], masks=None)
-            with self._autocast(device):
-                logits, iou = self._mask_decoder(
-                    image_embeddings=embedding,
-                    image_pe=image_pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=False,
+        n = len(boxes_xyxy)
+        low_res = torch.empty((n, 1, LOW_RES_SIZE, LOW_RES_SIZE), dtype=torch.float32, device=device)
+        iou_pred = torch.empty((n,), dtype=torch.float32, device=device)
+        for with_box, n_points, members in prompts.groups():
+            for start in range(0, len(members), chunk):
+                index = members[start : start + chunk]
+                point_input = None
+                if n_points:
+                    xy_label = np.stack([prompts.points[i] for i in index]).astype(np.float64)  # (B, K, 3)
+                    coords = torch.as_tensor(xy_label[..., :2] * scale_xyxy[:2], dtype=torch.float32, device=device)
+                    labels = torch.as_tensor(xy_label[..., 2], dtype=torch.int64, device=device)
+                    point_input = (coords, labels)
+                # The prompt encoder stays in float32 even with half=True: box corners and points go through a
+                # Fourier positional encoding whose matmul, autocast to bfloat16 (8-bit mantissa), would move them by
+                # up to ~4 px of the 1024 frame.
+                sparse, dense = self._prompt_encoder(
+                    points=point_input, boxes=boxes_input[index] if with_box else None, masks=None
                 )
-            logits_chunks.append(logits.float())
-            iou_chunks.append(iou.float())
-        low_res = torch.cat(logits_chunks)  # (N, 1, 256, 256)
-        iou_pred = torch.cat(iou_chunks)[:, 0]
+                with self._autocast(device):
+                    logits, iou = self._mask_decoder(
+                        image_embeddings=embedding,
+                        image_pe=image_pe,
+                        sparse_prompt_embeddings=sparse,
+                        dense_prompt_embeddings=dense,
+                        multimask_output=False,
+                    )
+                at = torch.as_tensor(index, dtype=torch.int64, device=device)
+                low_res[at] = logits.float()
+                iou_pred[at] = iou.float()[:, 0]
 
         threshold = float(getattr(self._model, "mask_threshold", 0.0))
         h, w = image.original_hw
