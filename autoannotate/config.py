@@ -473,6 +473,11 @@ class PromptSettings:
 _CLASS_SOURCES = ("prompts", "prompts_file", "exemplars", "prompt_embeddings")
 
 
+#: ``--sam-model none``: no segmenter; a segmentation detector's own masks become the polygons, a detection-only
+#: prompt source writes box labels (``class cx cy w h``).
+NO_SEGMENTER = "none"
+
+
 @dataclass(frozen=True)
 class SegmenterSettings:
     """The box-prompted segmenter and which of its masks to keep."""

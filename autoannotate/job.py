@@ -388,7 +388,10 @@ class AnnotationJob:
             )
         seconds = time.perf_counter() - started
         scores = [
-            row["sam_iou"] for d in done.values() for row in d.rows if not row.get("dropped") and row.get("lines")
+            row["sam_iou"]
+            for d in done.values()
+            for row in d.rows
+            if not row.get("dropped") and row.get("lines") and row.get("sam_iou") is not None
         ]
         self._summary = Summary(
             images=counts["images"],

@@ -7,6 +7,7 @@ order. One failing image never stops a run: it becomes a ``failed`` outcome with
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 from collections import deque
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 from autoannotate.dataset.layout import DatasetLayout
-from autoannotate.dataset.yolo_seg import format_label_file, format_polygon_line
+from autoannotate.dataset.yolo_seg import format_box_line, format_label_file, format_polygon_line
 from autoannotate.errors import ImageError, OutputError, one_line
 from autoannotate.inputs.base import InputItem
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
@@ -68,6 +69,9 @@ class Annotator:
     ``fingerprint`` for an unchanged image is skipped; an existing label file it does not own belongs to someone
     else and is only replaced with ``overwrite=True`` (which also redoes everything). ``journal`` records each
     label write as it happens.
+
+    ``box_labels``: write each instance's box as a YOLO detection line (``class cx cy w h``) instead of segmenting
+    it (``--sam-model none`` with a detection-only prompt source); the segmenter is then never called.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class Annotator:
         class_names: Mapping[int, str] | None = None,
         infer_workers: int = 1,
         cpu_workers: int | None = None,
+        box_labels: bool = False,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -103,6 +108,7 @@ class Annotator:
         self.min_mask_score = min_mask_score
         self.class_names = class_names or {}
         self.infer_workers = infer_workers
+        self.box_labels = box_labels
         self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
         self._prompts_lock = threading.Lock()
         self._batch_cap = batch  # lowered after running out of device memory
@@ -232,8 +238,14 @@ class Annotator:
                     [item.image_bgr for item in items],  # type: ignore[misc]
                     [item.source.rel_path for item in items],
                 )
-            with_boxes = [(item, det) for item, det in zip(items, detections, strict=True) if len(det)]
-            results = self.segmenter.segment([item.prepared for item, _ in with_boxes], [det for _, det in with_boxes])
+            with_boxes = [
+                (item, det) for item, det in zip(items, detections, strict=True) if len(det) and not self.box_labels
+            ]
+            results = (
+                []
+                if not with_boxes
+                else self.segmenter.segment([item.prepared for item, _ in with_boxes], [det for _, det in with_boxes])
+            )
         except Exception as err:
             out_of_memory = _is_out_of_memory(err)
             if out_of_memory:
@@ -268,7 +280,7 @@ class Annotator:
         lines: list[str] = []
         quality: list[InstanceQuality] = []
         empty_masks = dropped = 0
-        for index in range(len(det)):
+        for index in range(len(det) if not self.box_labels else 0):
             if masks is None:  # cannot happen for a detection; keeps the types honest
                 raise RuntimeError("a detection without masks")
             # one full-size mask at a time: a huge image with many boxes never holds them all
@@ -297,6 +309,8 @@ class Annotator:
                 )
             )
             lines.extend(format_polygon_line(class_id, polygon, (width, height)) for polygon in polygons)
+        if self.box_labels:
+            empty_masks = _box_lines(det, (width, height), lines, quality)
         status = Status.OK if lines else Status.EMPTY
         text = format_label_file(lines)
         label_sha256 = bytes_sha256(text.encode("utf-8"))
@@ -334,6 +348,40 @@ class Annotator:
         preparation of them (RGB; e.g. SAM's resize to a longest side of 1024)."""
         image_bgr = source.read_bgr()
         return image_bgr, self.segmenter.prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+
+
+def _box_lines(
+    det: Detections, resolution_wh: tuple[int, int], lines: list[str], quality: list[InstanceQuality]
+) -> int:
+    """Append each instance's box as a detection line (``format_box_line``) and its figures; returns how many boxes
+    had no area inside the image (no line written, like an empty mask). ``mask_area`` is the box's area in pixels
+    (COCO's ``area``); figures that only a mask has are NaN."""
+    width, height = resolution_wh
+    size = np.array([width, height, width, height], np.float64)
+    empty = 0
+    for index in range(len(det)):
+        x1, y1, x2, y2 = np.clip(det.xyxy[index].astype(np.float64), 0.0, size)
+        has_area = x2 > x1 and y2 > y1
+        empty += not has_area
+        class_id = int(det.class_id[index])
+        quality.append(
+            InstanceQuality(
+                line=len(lines) + 1 if has_area else None,
+                lines=int(has_area),
+                class_id=class_id,
+                det_conf=round(float(det.confidence[index]), 6),
+                sam_iou=math.nan,
+                stability=math.nan,
+                mask_area=round(float((x2 - x1) * (y2 - y1))) if has_area else 0,
+                box_iou=math.nan,
+                points=0,
+                fill_iou=math.nan,
+                dropped=False,
+            )
+        )
+        if has_area:
+            lines.append(format_box_line(class_id, det.xyxy[index], resolution_wh))
+    return empty
 
 
 def _count_lines(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,7 +35,16 @@ class InstanceQuality:
     dropped: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row's fields; a NaN figure (one the segmenter does not give, e.g. ``--sam-model none``) as None, so
+        that ``instances.jsonl`` stays strict JSON (``null``)."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> InstanceQuality:
+        """The inverse of ``to_dict`` (None figures back to NaN)."""
+        nullable = ("sam_iou", "stability", "box_iou", "fill_iou")
+        fields: dict[str, Any] = {k: math.nan if k in nullable and v is None else v for k, v in row.items()}
+        return cls(**fields)
 
 
 def stability_score(low_res_logits: np.ndarray, input_hw: tuple[int, int], threshold: float = 0.0) -> float:

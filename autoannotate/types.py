@@ -193,7 +193,7 @@ class ImageOutcome:
             dropped=int(data["dropped"]),
             error=data.get("error"),
             resolution_wh=(int(wh[0]), int(wh[1])) if wh is not None else None,
-            quality=tuple(InstanceQuality(**q) for q in data.get("quality") or ()),
+            quality=tuple(InstanceQuality.from_dict(q) for q in data.get("quality") or ()),
             label_sha256=data.get("label_sha256"),
             label_text=data.get("label_text"),
             signature=(int(signature[0]), int(signature[1])) if signature is not None else None,

@@ -25,6 +25,7 @@ __all__ = [
     "DECIMALS",
     "LabelLine",
     "LineProblem",
+    "format_box_line",
     "format_label_file",
     "format_polygon_line",
     "format_unit_values",
@@ -64,6 +65,21 @@ def format_polygon_line(class_id: int, polygon_xy_px: np.ndarray, resolution_wh:
         raise ValueError(f"class id must be >= 0, got {class_id}")
     coords = polygon_px_to_norm(polygon, resolution_wh).reshape(-1)
     return f"{int(class_id)} " + format_unit_values(coords)
+
+
+def format_box_line(class_id: int, box_xyxy_px: np.ndarray, resolution_wh: tuple[int, int]) -> str:
+    """One YOLO detection label line (no newline), ``class cx cy w h`` normalised, for a box in the continuous pixel
+    frame of a W x H image (``x1 y1 x2 y2``, as detectors give them), clipped to the image first.
+
+    >>> format_box_line(1, np.array([10.0, 20.0, 50.0, 60.0]), (200, 100))
+    '1 0.150000 0.400000 0.200000 0.400000'
+    """
+    if class_id < 0:
+        raise ValueError(f"class id must be >= 0, got {class_id}")
+    width, height = resolution_wh
+    size = np.array([width, height, width, height], dtype=np.float64)
+    x1, y1, x2, y2 = np.clip(np.asarray(box_xyxy_px, dtype=np.float64).reshape(4), 0.0, size) / size
+    return f"{int(class_id)} " + format_unit_values(np.array([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]))
 
 
 def format_unit_values(values: np.ndarray) -> str:

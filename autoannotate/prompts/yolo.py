@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from autoannotate.assets import asset_url
+from autoannotate.config import NO_SEGMENTER
 from autoannotate.errors import ModelError, logs_held, one_line
 from autoannotate.prompts.base import resolve_classes
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
@@ -36,6 +37,7 @@ class DetectSettings:
     class_ids: tuple[int, ...] | None = None
     half: bool = False  # fp16 on CUDA (ultralytics ignores it on CPU)
     agnostic_nms: bool = False  # NMS across classes (always passed: YOLOE's predict defaults it to on)
+    masks: bool = False  # keep a segmentation model's own masks, at the image's resolution (--sam-model none)
 
 
 def _resolve_detector_weights(name_or_path: str) -> str:
@@ -131,6 +133,11 @@ class Detector:
         return Detector(self._model, self.settings, self.device, self.weights_path, dict(names))
 
     @property
+    def gives_masks(self) -> bool:
+        """Whether ``boxes`` returns the model's own masks with its boxes: a segmentation model asked for them."""
+        return self.settings.masks and getattr(self._model, "task", None) == "segment"
+
+    @property
     def model(self) -> object:
         """The ultralytics model object (``YOLO``, ``YOLOE``, ``YOLOWorld``)."""
         return self._model
@@ -172,6 +179,7 @@ class Detector:
     def _predict(self, images_bgr: list[np.ndarray]) -> list[Detections]:
         s = self.settings
         threads = torch.get_num_threads()
+        with_masks = self.gives_masks
         results = self._model.predict(  # type: ignore[attr-defined]
             images_bgr,
             conf=s.conf,
@@ -185,6 +193,8 @@ class Detector:
             verbose=False,
             save=False,
             **_precision_kwargs(s.half),
+            # retina masks: upsampled from the model's mask prototypes to the original image, not the letterbox
+            **({"retina_masks": True} if with_masks else {}),
         )
         if torch.get_num_threads() != threads:  # ultralytics' predictor setup resets it; keep the caller's choice
             torch.set_num_threads(threads)
@@ -194,11 +204,18 @@ class Detector:
             if boxes is None or len(boxes) == 0:
                 out.append(Detections.empty())
                 continue
+            masks = None
+            if with_masks:
+                # (N, H, W) at the original size, already thresholded by ultralytics (values 0 and 1)
+                masks = result.masks.data.detach().cpu().numpy() > 0.5 if result.masks is not None else None
+                if masks is None or masks.shape != (len(boxes), *result.orig_shape):
+                    raise ModelError(f"the segmentation model gave no image-size mask for its {len(boxes)} boxes")
             out.append(
                 Detections(
                     xyxy=boxes.xyxy.detach().float().cpu().numpy().astype(np.float32),
                     class_id=boxes.cls.detach().cpu().numpy().astype(np.int64),
                     confidence=boxes.conf.detach().float().cpu().numpy().astype(np.float32),
+                    masks=masks,
                 )
             )
         return out
@@ -250,6 +267,7 @@ def detect_settings(settings: RunSettings, class_ids: tuple[int, ...] | None) ->
         class_ids=class_ids,
         half=settings.runtime.half,
         agnostic_nms=p.agnostic_nms,
+        masks=settings.segmenter.sam_model == NO_SEGMENTER,
     )
 
 

@@ -38,7 +38,13 @@ class _Deferred:
 
 
 def lazy_entry(
-    name: str, module: str, entry: str, *, variants: tuple[str, ...], assets: frozenset[str] = frozenset()
+    name: str,
+    module: str,
+    entry: str,
+    *,
+    variants: tuple[str, ...],
+    assets: frozenset[str] = frozenset(),
+    keyword: str | None = None,
 ) -> SegmenterEntry:
     """An entry that stands for ``module.entry`` (a ``SegmenterEntry``) without importing ``module`` until the
     registry asks it something; ``variants`` and ``assets`` are given here so that messages need no import."""
@@ -49,6 +55,7 @@ def lazy_entry(
         variants=variants,
         assets=assets,
         explain=_Deferred(module, entry, "explain"),
+        keyword=keyword,
     )
 
 
@@ -60,6 +67,13 @@ SEGMENTERS: dict[str, SegmenterEntry] = {
         "SAM_ENTRY",
         variants=("mobile_sam", "sam_b", "sam_l", "sam_h"),
         assets=frozenset({"mobile_sam.pt", "sam_b.pt", "sam_l.pt"}),
+    ),
+    "detector_masks": lazy_entry(
+        "detector_masks",
+        "autoannotate.segmenters.detector_masks",
+        "DETECTOR_MASKS_ENTRY",
+        variants=(),
+        keyword="none",
     ),
 }
 
@@ -75,7 +89,8 @@ def load_segmenter(
 
     Args:
         name_or_path: A checkpoint path (any name), or an asset name of a registered family (``mobile_sam.pt``),
-            downloaded from ultralytics' assets when not found locally (see ``weights.resolve_weights``).
+            downloaded from ultralytics' assets when not found locally (see ``weights.resolve_weights``), or a
+            family's keyword (``"none"``: no model, the detector's own masks).
         device: Where the model runs (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
         half: Reduced-precision inference (each family says how).
         download: The asset download function (injectable for tests).
@@ -91,6 +106,10 @@ def load_segmenter(
     from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
 
     entries = list(SEGMENTERS.values())
+    for entry in entries:
+        if entry.keyword is not None and str(name_or_path) == entry.keyword:
+            return entry.load(None, device, half, entry.keyword)
+    entries = [e for e in entries if e.keyword is None]
     path = resolve_weights(name_or_path, assets=frozenset().union(*(e.assets for e in entries)), download=download)
     # Memory-mapped: recognition reads names and shapes only, and the chosen family reads the tensors it loads.
     state_dict = read_state_dict(path, mmap=True)

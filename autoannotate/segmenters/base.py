@@ -85,16 +85,19 @@ class SegmenterEntry:
         variants: The variant names ``recognise`` can return, for messages about checkpoints nobody recognises.
         assets: Bare file names (e.g. ``"mobile_sam.pt"``) that may be downloaded as ultralytics assets.
         explain: ``state_dict -> reason | None``: for a checkpoint nobody recognises, why this family cannot load it
-            although it looks like one of its own (e.g. ``"is a SAM2 checkpoint, which is not supported"``); the
-            first reason given replaces the generic message.
+            although it looks like one of its own (e.g. ``"is a SAM ViT checkpoint of unknown size"``); the first
+            reason given replaces the generic message.
+        keyword: A ``--sam-model`` value that loads this family without any file (``"none"``): ``load`` is then
+            called with ``weights_path`` None and ``variant`` the keyword.
     """
 
     name: str
     recognise: Callable[[Mapping[str, Any]], str | None]
-    load: Callable[[Path, str | torch.device, bool, str], Segmenter]
+    load: Callable[[Path | None, str | torch.device, bool, str], Segmenter]
     variants: tuple[str, ...] = ()
     assets: frozenset[str] = frozenset()
     explain: Callable[[Mapping[str, Any]], str | None] | None = None
+    keyword: str | None = None
 
 
 def prompt_kinds(segmenter: object) -> frozenset[str]:

@@ -588,11 +588,18 @@ class BoxSegmenter:
         return masks
 
 
+def _load_entry(path: Path | None, device: torch.device | str, half: bool, variant: str) -> BoxSegmenter:
+    """``SegmenterEntry.load`` for this family (it always loads from a file)."""
+    if path is None:
+        raise ModelError(f"a SAM/MobileSAM segmenter needs a checkpoint file; {SAM_FLAG_HINT}")
+    return BoxSegmenter._load(path, device, half, variant)
+
+
 #: This family's entry in ``autoannotate.segmenters.SEGMENTERS`` (which holds a lazy stand-in for it).
 SAM_ENTRY = SegmenterEntry(
     name="sam",
     recognise=recognise_sam,
-    load=BoxSegmenter._load,
+    load=_load_entry,
     variants=SAM_VARIANTS,
     assets=SAM_ASSET_NAMES,
     explain=explain_sam,
