@@ -484,9 +484,11 @@ class SegmenterSettings:
 
     sam_model: str = option(
         "mobile_sam.pt",
-        help="MobileSAM (or SAM b/l) checkpoint: path or ultralytics asset name.",
+        help="Segmenter checkpoint (MobileSAM, SAM, SAM 2/2.1, SAM 3, FastSAM; recognised by its contents): path or "
+        "ultralytics asset name; 'none': the detector's own masks (a -seg model), else box labels.",
         order=30,
-        yaml_help="MobileSAM (or SAM b/l) checkpoint: local path or ultralytics asset name",
+        yaml_help="segmenter checkpoint (MobileSAM, SAM, SAM 2/2.1, SAM 3, FastSAM): local path or ultralytics asset"
+        " name; none: the detector's own masks, or box labels",
     )
     min_mask_score: float = option(
         0.0,

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from autoannotate.config import RunSettings
+from autoannotate.config import NO_SEGMENTER, RunSettings
 from autoannotate.dataset.layout import DatasetLayout
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
@@ -48,6 +48,11 @@ class Models:
         """Which prompts set the classes (an open-vocabulary source), or None."""
         record = getattr(self.prompts, "prompt_record", None)
         return dict(record) if isinstance(record, dict) else None
+
+    @property
+    def box_labels(self) -> bool:
+        """Whether the run writes box labels (``class cx cy w h``): ``--sam-model none`` with no detector masks."""
+        return self.segmenter.variant == NO_SEGMENTER and not getattr(self.prompts, "gives_masks", False)
 
     def embeddings_npz(self) -> bytes | None:
         """Class embeddings the prompt source computed, as ``.npz`` bytes to save, or None."""
@@ -94,6 +99,7 @@ def build_annotator(
         journal=journal,
         min_mask_score=s.segmenter.min_mask_score,
         class_names=models.names,
+        box_labels=models.box_labels,
     )
 
 
@@ -112,4 +118,7 @@ def _model_records(settings: RunSettings, prompts: PromptSource, segmenter: Segm
             entry["sha256"] = file_sha256(path)
         records[role] = entry
     records["segmenter"]["variant"] = segmenter.variant or "unknown"
+    if segmenter.variant == NO_SEGMENTER:
+        gives_masks = bool(getattr(prompts, "gives_masks", False))
+        records["segmenter"]["labels"] = "detector masks" if gives_masks else "boxes"
     return records

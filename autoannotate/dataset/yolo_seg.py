@@ -140,6 +140,9 @@ class LineProblem:
     message: str
 
 
+BOX_EDGE_SLACK = 1.5e-6  # how far a box line's corner may pass the image edge from rounding cx, w to 6 decimals
+
+
 def iter_label_lines(text: str, *, boxes: bool = False) -> Iterator[LabelLine | LineProblem]:
     """Parse label text line by line: a ``LabelLine`` for each line that parses, a ``LineProblem`` for each that
     does not (in line order; blank lines are skipped).
@@ -176,7 +179,10 @@ def _parse_fields(number: int, fields: list[str], boxes: bool) -> LabelLine | Li
         cx, cy, w, h = coords
         if w < 0 or h < 0:
             return LineProblem(number, f"box width {w:g} and height {h:g} must be >= 0")
-        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        corners = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        # cx and w are each rounded to 6 decimals, so a box on the image edge can land up to 1e-6 past it
+        near_edge = ((corners > -BOX_EDGE_SLACK) & (corners < 0.0)) | ((corners > 1.0) & (corners < 1 + BOX_EDGE_SLACK))
+        x1, y1, x2, y2 = np.where(near_edge, np.clip(corners, 0.0, 1.0), corners).tolist()
         coords = [x1, y1, x2, y1, x2, y2, x1, y2]
     return LabelLine(number, int(values[0]), np.array(coords, dtype=np.float64).reshape(-1, 2))
 

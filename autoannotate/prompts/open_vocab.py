@@ -55,6 +55,11 @@ class OpenVocabDetector:
     def weights_path(self) -> str | None:
         return self.detector.weights_path
 
+    @property
+    def gives_masks(self) -> bool:
+        """Whether ``boxes`` hands over the detector's own masks (``--sam-model none`` with a ``-seg`` model)."""
+        return self.detector.gives_masks
+
     def embeddings_npz(self) -> bytes | None:
         """The computed embeddings as ``.npz`` bytes (ultralytics' format), or None when loaded from a file."""
         return to_npz_bytes(self.embeddings) if self.embeddings is not None else None

@@ -326,7 +326,7 @@ def preview_sample_from_label_text(
     """
     score_by_line = {row["line"]: row["sam_iou"] for row in rows if row.get("line")}
     first_lines = sorted(score_by_line)
-    lines, _ = parse_label_lines(label_text)
+    lines, _ = parse_label_lines(label_text, boxes=True)
     instances: list[OverlayInstance] = []
     for line in lines:
         owner = max((n for n in first_lines if n <= line.line), default=None)
@@ -352,6 +352,6 @@ def load_sample(pair: LabelPair) -> tuple[PreviewSample, list[LineProblem]]:
     if pair.image_path is None or pair.image_rel is None:
         raise ValueError(f"{pair.rel_stem}: a preview needs an image")
     image = read_image_bgr(pair.image_path)
-    rows, problems = read_label_file(pair.label_path) if pair.label_path is not None else ([], [])
+    rows, problems = read_label_file(pair.label_path, boxes=True) if pair.label_path is not None else ([], [])
     instances = tuple((row.class_id, row.polygon_norm, None) for row in rows)
     return PreviewSample(pair.image_rel, image, instances, normalized=True), problems

@@ -92,7 +92,7 @@ def coco_image_from_label_text(
         area is the pixels of their polygon (see ``build_coco``).
     """
     area_by_line = {row["line"]: row["mask_area"] for row in rows if row.get("line")}
-    lines, _ = parse_label_lines(label_text)
+    lines, _ = parse_label_lines(label_text, boxes=True)
     instances = tuple(CocoInstance(line.class_id, line.polygon_norm, area_by_line.get(line.line)) for line in lines)
     return CocoImage(rel_path, resolution_wh, instances)
 
