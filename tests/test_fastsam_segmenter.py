@@ -130,3 +130,26 @@ def test_nothing_found_gives_an_empty_mask_per_box(fastsam_s: Path) -> None:
     assert len(masks) == 2 and masks.original_hw == (240, 352)
     assert not masks.mask(0).any() and not masks.mask(1).any()
     assert np.isnan(masks.scores).all() and np.isnan(masks.stability).all()
+
+
+def test_cli_run_with_a_fastsam_checkpoint(tmp_path: Path, yolo_weights: Path, fastsam_s: Path) -> None:
+    """End to end at FastSAM's default confidence (no CLI flag sets it): random weights find no mask, so every box
+    gets an empty mask and every image an empty label file; the manifest records the variant."""
+    import json
+
+    from helpers import json_events, stand_in_model_args
+    from typer.testing import CliRunner
+
+    from autoannotate.cli import app
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for seed, hw in enumerate([(60, 96), (72, 48)]):
+        cv2.imwrite(str(data / f"im{seed}.png"), _image(*hw, seed=seed)[..., ::-1])
+    args = ["run", "--data", str(data), "--output-dir", str(out), "--json"]
+    result = CliRunner().invoke(app, [*args, *stand_in_model_args(yolo_weights, fastsam_s, max_det=2)])
+    assert result.exit_code == 0, result.output
+    summary = json_events(result.stdout)[-1]
+    assert (summary["images"], summary["failed"], summary["empty_masks"]) == (2, 0, 4)
+    manifest = json.loads((out / "autoannotate.json").read_text())
+    assert manifest["models"]["segmenter"]["variant"] == "fastsam_s"
