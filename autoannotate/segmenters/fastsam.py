@@ -139,8 +139,12 @@ def select_masks(masks: torch.Tensor, xyxy: np.ndarray) -> torch.Tensor:
     height, width = masks.shape[1:]
     boxes = clip_boxes(torch.as_tensor(xyxy, dtype=torch.int32, device=masks.device).reshape(-1, 4), (height, width))
     box_areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0])
-    inside = torch.stack([masks[:, y1:y2, x1:x2].sum(dim=(1, 2)) for x1, y1, x2, y2 in boxes.tolist()])  # (N, M)
-    union = box_areas[:, None] + masks.sum(dim=(1, 2)) - inside
+    # int32 counts: the same values as ultralytics' int64 sums (up to 2**31 pixels), ~10x faster on CPU; the division
+    # casts both to float32 either way, so the IoUs and their argmax are the same.
+    inside = torch.stack(
+        [masks[:, y1:y2, x1:x2].sum(dim=(1, 2), dtype=torch.int32) for x1, y1, x2, y2 in boxes.tolist()]
+    )  # (N, M)
+    union = box_areas[:, None] + masks.sum(dim=(1, 2), dtype=torch.int32) - inside
     return torch.argmax(inside / union, dim=1)
 
 
