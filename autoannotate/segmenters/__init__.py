@@ -105,6 +105,9 @@ def load_segmenter(
         half: Reduced-precision inference (each family says how).
         download: The asset download function (injectable for tests).
 
+    A family with a ``recognise_file`` (FastSAM: its checkpoints are pickled models) is asked about the file first;
+    the others about its state dict.
+
     Returns:
         The loaded ``Segmenter``, its ``variant`` the one its family recognised.
 

@@ -186,7 +186,12 @@ def default_batch_size(device: torch.device | str) -> int:
 class FastSAMSegmenter:
     """The ``Segmenter`` of FastSAM checkpoints: box prompts, one mask per box (see the module docstring).
 
-    ``half``: fp16 inference on CUDA (ultralytics' ``half=True``); on CPU, bfloat16 autocast around the forward.
+    ``half``: fp16 inference on CUDA (ultralytics' ``quantize=16``, its former ``half=True``); on CPU, bfloat16
+    autocast around the forward (ultralytics itself runs fp32 on CPU), which agrees with fp32 to a mask IoU >= 0.99
+    but is 3-5x slower on a CPU without native bfloat16.
+
+    ``settings`` (``FastSAMSettings``) are the ultralytics predict defaults unless given; tests with random weights
+    pass a very low ``conf``. The ultralytics model is stateful: call ``segment`` from one thread at a time.
     """
 
     prompt_kinds = frozenset({BOX_PROMPTS})
