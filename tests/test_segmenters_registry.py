@@ -83,10 +83,14 @@ def test_wrapped_and_legacy_format_checkpoints_are_recognised(tmp_path: Path, mo
 
 
 def test_entries_are_asked_in_order_and_the_first_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoannotate.segmenters as registry
+
     asked: list[str] = []
-    monkeypatch.delitem(SEGMENTERS, "sam")
-    monkeypatch.setitem(SEGMENTERS, "first", _fake_entry("first", "shared.weight", asked))
-    monkeypatch.setitem(SEGMENTERS, "second", _fake_entry("second", "shared.weight", asked))
+    # a copy without "sam" (delitem would re-insert it last, reordering the registry for later tests)
+    entries = {name: entry for name, entry in SEGMENTERS.items() if name != "sam"}
+    entries["first"] = _fake_entry("first", "shared.weight", asked)
+    entries["second"] = _fake_entry("second", "shared.weight", asked)
+    monkeypatch.setattr(registry, "SEGMENTERS", entries)
     path = tmp_path / "shared.pt"
     torch.save({"shared.weight": torch.zeros(1)}, path)
     assert load_segmenter(str(path), "cpu").variant == "first_v1"
@@ -99,7 +103,11 @@ def test_entries_are_asked_in_order_and_the_first_wins(tmp_path: Path, monkeypat
         # tensors of no known model: the generic message names every known variant
         (
             {"backbone.weight": torch.zeros(3)},
-            ("is not a checkpoint of a known segmenter (known: mobile_sam, sam_b, sam_l, sam_h)", "--sam-model"),
+            (
+                "is not a checkpoint of a known segmenter "
+                "(known: mobile_sam, sam_b, sam_l, sam_h, fastsam_s, fastsam_x)",
+                "--sam-model",
+            ),
         ),
         # SAM2: Hiera trunk and memory modules; SAM3: detector/tracker halves
         ({"image_encoder.trunk.x": torch.zeros(1), "memory_attention.y": torch.zeros(1)}, ("SAM2", "not supported")),
@@ -134,7 +142,7 @@ def test_known_list_includes_registered_entries(tmp_path: Path, monkeypatch: pyt
     torch.save({"other.weight": torch.zeros(1)}, path)
     with pytest.raises(ModelError) as err:
         load_segmenter(str(path), "cpu")
-    _one_line(err, "(known: mobile_sam, sam_b, sam_l, sam_h, fake)")
+    _one_line(err, "(known: mobile_sam, sam_b, sam_l, sam_h, fastsam_s, fastsam_x, fake)")
 
 
 def test_mobile_sam_loads_through_the_registry(mobile_sam_weights: Path) -> None:
@@ -178,7 +186,8 @@ def test_package_and_protocol_import_without_torch() -> None:
         "import sys\n"
         "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
         "import autoannotate.segmenters as s, autoannotate.segmenters.base as b\n"
-        "assert list(s.SEGMENTERS)[0] == 'sam' and list(s.SEGMENTERS)[-1] == 'detector_masks' and b.Segmenter\n"
+        "assert list(s.SEGMENTERS)[0] == 'sam' and list(s.SEGMENTERS)[-1] == 'detector_masks'\n"
+        "assert b.Segmenter and s.load_segmenter\n"
         "assert not any(m.startswith(('ultralytics', 'autoannotate.segmenters.sam')) for m in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

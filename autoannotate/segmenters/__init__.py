@@ -25,7 +25,8 @@ __all__ = ["SEGMENTERS", "Segmenter", "SegmenterEntry", "lazy_entry", "load_segm
 
 @dataclass(frozen=True)
 class _Deferred:
-    """Calls ``field`` of the entry ``module.entry``, importing ``module`` on the first call."""
+    """Calls ``field`` of the entry ``module.entry``, importing ``module`` on the first call; None where the entry
+    has no such function (a None field)."""
 
     module: str
     entry: str
@@ -33,7 +34,7 @@ class _Deferred:
 
     def __call__(self, *args: Any) -> Any:
         target: SegmenterEntry = getattr(importlib.import_module(self.module), self.entry)
-        function: Callable[..., Any] | None = getattr(target, self.field)
+        function: Callable[..., Any] | None = getattr(target, self.field, None)
         return None if function is None else function(*args)
 
 
@@ -47,7 +48,8 @@ def lazy_entry(
     keyword: str | None = None,
 ) -> SegmenterEntry:
     """An entry that stands for ``module.entry`` (a ``SegmenterEntry``) without importing ``module`` until the
-    registry asks it something; ``variants`` and ``assets`` are given here so that messages need no import."""
+    registry asks it something; ``variants`` and ``assets`` are given here so that messages need no import. Its
+    ``recognise_file`` returns None where ``module.entry`` has none."""
     return SegmenterEntry(
         name=name,
         recognise=_Deferred(module, entry, "recognise"),
@@ -56,6 +58,7 @@ def lazy_entry(
         assets=assets,
         explain=_Deferred(module, entry, "explain"),
         keyword=keyword,
+        recognise_file=_Deferred(module, entry, "recognise_file"),
     )
 
 
@@ -67,6 +70,13 @@ SEGMENTERS: dict[str, SegmenterEntry] = {
         "SAM_ENTRY",
         variants=("mobile_sam", "sam_b", "sam_l", "sam_h"),
         assets=frozenset({"mobile_sam.pt", "sam_b.pt", "sam_l.pt"}),
+    ),
+    "fastsam": lazy_entry(
+        "fastsam",
+        "autoannotate.segmenters.fastsam",
+        "FASTSAM_ENTRY",
+        variants=("fastsam_s", "fastsam_x"),
+        assets=frozenset({"FastSAM-s.pt", "FastSAM-x.pt"}),
     ),
     "detector_masks": lazy_entry(
         "detector_masks",
@@ -95,6 +105,9 @@ def load_segmenter(
         half: Reduced-precision inference (each family says how).
         download: The asset download function (injectable for tests).
 
+    A family with a ``recognise_file`` (FastSAM: its checkpoints are pickled models) is asked about the file first;
+    the others about its state dict.
+
     Returns:
         The loaded ``Segmenter``, its ``variant`` the one its family recognised.
 
@@ -111,6 +124,11 @@ def load_segmenter(
             return entry.load(None, device, half, entry.keyword)
     entries = [e for e in entries if e.keyword is None]
     path = resolve_weights(name_or_path, assets=frozenset().union(*(e.assets for e in entries)), download=download)
+    # Families whose checkpoints are pickled models (which read_state_dict refuses) recognise the file itself.
+    for entry in entries:
+        file_variant = entry.recognise_file(path) if entry.recognise_file is not None else None
+        if file_variant is not None:
+            return entry.load(path, device, half, file_variant)
     # Memory-mapped: recognition reads names and shapes only, and the chosen family reads the tensors it loads.
     state_dict = read_state_dict(path, mmap=True)
     for entry in entries:

@@ -89,6 +89,9 @@ class SegmenterEntry:
             reason given replaces the generic message.
         keyword: A ``--sam-model`` value that loads this family without any file (``"none"``): ``load`` is then
             called with ``weights_path`` None and ``variant`` the keyword.
+        recognise_file: ``weights_path -> variant | None``: for a family whose checkpoints are no plain state dict
+            (a pickled model, which ``weights.read_state_dict`` refuses), the variant it loads for the file, read
+            without unpickling it; asked before the state dict is read, None when the file is not one of its own.
     """
 
     name: str
@@ -98,6 +101,7 @@ class SegmenterEntry:
     assets: frozenset[str] = frozenset()
     explain: Callable[[Mapping[str, Any]], str | None] | None = None
     keyword: str | None = None
+    recognise_file: Callable[[Path], str | None] | None = None
 
 
 def prompt_kinds(segmenter: object) -> frozenset[str]:
