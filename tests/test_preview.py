@@ -185,7 +185,7 @@ def test_preview_command_reports_bad_lines_and_images(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         f"warning: {images / 'broken.jpg'}: not a decodable image; skipped",
-        f"warning: {labels / 'img1.txt'}:1: odd number of coordinates (3); expected x y pairs (not drawn)",
+        f"warning: {labels / 'img1.txt'}:1: expected 'class cx cy w h', got 4 numbers (not drawn)",
     ]
     assert len(result.stdout.splitlines()) == 3  # two overlays and the contact sheet
 
