@@ -78,6 +78,12 @@ SEGMENTERS: dict[str, SegmenterEntry] = {
         variants=("fastsam_s", "fastsam_x"),
         assets=frozenset({"FastSAM-s.pt", "FastSAM-x.pt"}),
     ),
+    "sam3": lazy_entry(
+        "sam3",
+        "autoannotate.segmenters.sam3_interactive",
+        "SAM3_ENTRY",
+        variants=("sam3", "sam3.1"),
+    ),
     "detector_masks": lazy_entry(
         "detector_masks",
         "autoannotate.segmenters.detector_masks",

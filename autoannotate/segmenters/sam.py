@@ -83,9 +83,7 @@ def _classify(state_dict: Mapping[str, Any]) -> tuple[str | None, str | None]:
     not (SAM2, SAM3, an unknown ViT size), ``why`` a clause such as ``"is a SAM2 checkpoint, ..."``; else
     ``(None, None)``. Reads key names and ``.shape`` only."""
     keys = [str(k) for k in state_dict]
-    # SAM3 checkpoints hold a detector and a tracker half; SAM2 ones a Hiera trunk and memory modules.
-    if any(k.startswith(("detector.", "tracker.")) for k in keys):
-        return None, "is a SAM3 checkpoint, which is not supported"
+    # SAM2 checkpoints hold a Hiera trunk and memory modules (SAM 3's detector./tracker. ones: sam3_interactive).
     sam2_markers = ("memory_attention.", "memory_encoder.", "sam_mask_decoder.", "image_encoder.trunk.")
     if any(k.startswith(sam2_markers) for k in keys):
         return None, "is a SAM2 checkpoint, which is not supported"

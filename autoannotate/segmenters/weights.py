@@ -21,6 +21,7 @@ from autoannotate.assets import asset_url
 from autoannotate.errors import ModelError, one_line
 
 __all__ = [
+    "GATED_WEIGHTS",
     "SAM_FLAG_HINT",
     "read_checkpoint",
     "read_state_dict",
@@ -41,6 +42,8 @@ _CONVERT_HINT = (
     "if you trust the file, load it in Python yourself and keep its weights only with "
     "torch.save(model.state_dict(), 'sam_weights.pt'), then pass --sam-model sam_weights.pt"
 )
+# Bare names of checkpoints whose weights are gated on their hub -> where to request them: never downloaded.
+GATED_WEIGHTS = {"sam3.pt": "https://huggingface.co/facebook/sam3"}
 # Bare names of checkpoints that ultralytics publishes but that no registered segmenter loads (yet).
 _UNSUPPORTED_ASSET = re.compile(r"(sam2(\.1)?_\w+|sam3)\.pt")
 
@@ -61,7 +64,8 @@ def resolve_weights(
     Args:
         name_or_path: A path to a local checkpoint (used as is, whatever its name), or the bare name of an
             ultralytics asset in ``assets`` (e.g. ``mobile_sam.pt``), looked up in ultralytics' weights directory and
-            otherwise downloaded.
+            otherwise downloaded. A bare name in ``GATED_WEIGHTS`` (``sam3.pt``) is never downloaded: found in the
+            working directory or refused, saying where to request it.
         assets: The asset file names that may be downloaded (the registry passes those its segmenters load).
         download: The download function, ``ultralytics.utils.downloads.attempt_download_asset`` by default
             (injectable for tests).
@@ -70,8 +74,8 @@ def resolve_weights(
         The path of an existing file.
 
     Raises:
-        ModelError: The path does not exist, or the asset cannot be downloaded (e.g. offline). The message names the
-            URL to fetch the file from by hand and the ``--sam-model`` flag.
+        ModelError: The path does not exist, the asset cannot be downloaded (e.g. offline), or gated weights are not
+            found. The message names the URL to fetch the file from by hand and the ``--sam-model`` flag.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -80,6 +84,11 @@ def resolve_weights(
         raise ModelError(f"{weights_source(path)} is not a file; pass --sam-model PATH to a .pt checkpoint")
     name = path.name
     is_bare_name = str(name_or_path) == name
+    if is_bare_name and name in GATED_WEIGHTS:
+        raise ModelError(
+            f"SAM weights {name!r} not found: they are gated, request access at {GATED_WEIGHTS[name]}, download "
+            f"{name} and pass --sam-model /path/to/{name}"
+        )
     if is_bare_name and name not in assets and _UNSUPPORTED_ASSET.fullmatch(name):
         raise ModelError(f"SAM weights {name!r}: SAM2/SAM3 checkpoints are not supported; {SAM_FLAG_HINT} or sam_b.pt")
     if not (is_bare_name and name in assets):
