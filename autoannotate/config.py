@@ -425,12 +425,24 @@ class PromptSettings:
         order=170,
         yaml_help="YOLO detection labels (class cx cy w h) to use as box prompts instead of a detector",
     )
+    points_from: str | None = option(
+        None,
+        kind=str,
+        help="Point label files (paths mirroring the images) to use as point prompts instead of a detector, one"
+        " instance per line: 'class x y [x y ...] [neg x y ...] [box x1 y1 x2 y2]', normalised positive points,"
+        " then optional negative points and box; class ids are kept. Needs a SAM or MobileSAM segmenter.",
+        label=True,
+        label_when_set=True,
+        order=175,
+        yaml_help="point labels (class x y [x y ...] [neg x y ...] [box x1 y1 x2 y2], normalised) to use as point"
+        " prompts instead of a detector",
+    )
     names: str | None = option(
         None,
         kind=str,
-        help="data.yaml with class names (with --boxes-from or --exemplars).",
+        help="data.yaml with class names (with --boxes-from, --points-from or --exemplars).",
         order=180,
-        yaml_help="data.yaml with class names; with boxes-from or exemplars",
+        yaml_help="data.yaml with class names; with boxes-from, points-from or exemplars",
     )
 
     @property
@@ -455,15 +467,20 @@ class PromptSettings:
         if len(given) > 1 and given != ["--prompts", "--prompt-embeddings"]:
             # --prompts with --prompt-embeddings is a check (the file must hold those prompts); others conflict
             raise ConfigError(f"{given[0]} and {given[1]} both set the classes; give one of them")
-        if self.boxes_from is not None and given:
+        _check(self.points_from is None or bool(self.points_from), "points_from", self.points_from, "a directory")
+        if self.boxes_from is not None and self.points_from is not None:
+            raise ConfigError("--boxes-from and --points-from both give the prompts; give one of them")
+        for name, what in (("boxes_from", "boxes"), ("points_from", "points")):
+            if getattr(self, name) is not None and given:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} takes its {what} and classes from labels, so {given[0]} has no"
+                    " detector to prompt; drop one of them"
+                )
+        if self.names is not None and self.boxes_from is None and self.points_from is None and self.exemplars is None:
+            # the detector names its own classes: a names file without label prompts would be silently ignored
             raise ConfigError(
-                f"--boxes-from takes its boxes and classes from labels, so {given[0]} has no detector to prompt;"
-                " drop one of them"
-            )
-        if self.names is not None and self.boxes_from is None and self.exemplars is None:
-            # the detector names its own classes: a names file without label boxes would be silently ignored
-            raise ConfigError(
-                "--names only applies with --boxes-from or --exemplars; drop --names or add --boxes-from LABELS_DIR"
+                "--names only applies with --boxes-from, --points-from or --exemplars; drop --names or add"
+                " --boxes-from LABELS_DIR"
             )
         if self.exemplars is not None and self.names is None:
             raise ConfigError("--exemplars needs --names: a data.yaml naming the classes its box labels use")

@@ -172,6 +172,8 @@ class AnnotationJob:
             **s.label_values(),
             # resolved: the same labels whatever the spelling (a relative path, class names or ids)
             "boxes_from": str(Path(s.prompts.boxes_from).resolve()) if s.prompts.boxes_from else None,
+            # absent unless given, so that earlier runs' labels still match
+            **({"points_from": str(Path(s.prompts.points_from).resolve())} if s.prompts.points_from else {}),
             "classes": list(class_ids) if class_ids is not None else None,
             # the classes prompts set: their names and embeddings' digest (absent for a detector's own classes, so
             # that earlier runs' labels still match)
@@ -601,18 +603,23 @@ def _is_our_manifest(path: Path) -> bool:
 
 
 def refuse_overwriting_inputs(settings: RunSettings, layout: DatasetLayout) -> None:
-    """Whatever the flags, a run never writes over its own inputs: the ``--boxes-from`` labels and the ``--names``
-    file. Raises OutputError (one line, with the fix)."""
+    """Whatever the flags, a run never writes over its own inputs: the ``--boxes-from`` or ``--points-from`` labels
+    and the ``--names`` file. Raises OutputError (one line, with the fix)."""
     out = layout.output_dir
-    boxes_from, names_file = settings.prompts.boxes_from, settings.prompts.names
-    if boxes_from:
-        source = Path(boxes_from).expanduser()
+    names_file = settings.prompts.names
+    for flag, given, what in (
+        ("--boxes-from", settings.prompts.boxes_from, "box"),
+        ("--points-from", settings.prompts.points_from, "point"),
+    ):
+        if not given:
+            continue
+        source = Path(given).expanduser()
         for labels in (layout.label_root, out / "labels"):
             if _overlaps(source, labels):
                 raise OutputError(
-                    f"--boxes-from {boxes_from!r} is where this run would write its labels"
-                    f" ({str(labels)!r}), so it would overwrite its own box prompts; write the segmentation dataset"
-                    f" elsewhere: --output-dir {str(out.parent / (out.name + '_seg'))!r}"
+                    f"{flag} {given!r} is where this run would write its labels"
+                    f" ({str(labels)!r}), so it would overwrite its own {what} prompts; write the segmentation"
+                    f" dataset elsewhere: --output-dir {str(out.parent / (out.name + '_seg'))!r}"
                 )
     if names_file:
         names = Path(names_file).expanduser()

@@ -12,6 +12,7 @@ from typing import Any
 
 from autoannotate.config import NO_SEGMENTER, RunSettings
 from autoannotate.dataset.layout import DatasetLayout
+from autoannotate.errors import ConfigError
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
 from autoannotate.prompts import prompt_source_for
@@ -20,7 +21,7 @@ from autoannotate.prompts.nms import AcrossClassesNMS
 from autoannotate.resume import Journal, PreviousRun
 from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
 from autoannotate.segmenters import load_segmenter
-from autoannotate.segmenters.base import Segmenter
+from autoannotate.segmenters.base import POINT_PROMPTS, Segmenter, prompt_kinds
 from autoannotate.writers.manifest import file_sha256
 
 
@@ -67,13 +68,29 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Model
     Raises ModelError, ConfigError.
     """
     plan = plan or plan_compute(select_device(settings.runtime.device))
-    prompts = prompt_source_for(settings).build(settings, plan.device)
+    entry = prompt_source_for(settings)
+    prompts = entry.build(settings, plan.device)
     if settings.prompts.agnostic_nms:  # every source: end-to-end detectors and label boxes have no NMS of their own
         prompts = AcrossClassesNMS(prompts, settings.prompts.iou)
     segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
+    _check_prompt_kinds(entry.prompt_kinds, segmenter, settings.segmenter.sam_model)
     batch = settings.runtime.batch or segmenter.default_batch()
     apply_threads(plan)
     return Models(prompts, segmenter, batch, plan, _model_records(settings, prompts, segmenter))
+
+
+def _check_prompt_kinds(needed: frozenset[str], segmenter: Segmenter, sam_model: str) -> None:
+    """ConfigError (one line, before any image) when the segmenter cannot take a kind of prompt the source gives."""
+    if POINT_PROMPTS in needed and POINT_PROMPTS not in prompt_kinds(segmenter):
+        which = (
+            "--sam-model none has no segmenter to prompt"
+            if segmenter.variant == NO_SEGMENTER
+            else f"{segmenter.variant} (--sam-model {sam_model}) takes boxes only"
+        )
+        raise ConfigError(
+            f"--points-from needs a segmenter that takes point prompts (MobileSAM, SAM); {which}:"
+            " pass --sam-model mobile_sam.pt"
+        )
 
 
 def build_annotator(
@@ -106,7 +123,13 @@ def build_annotator(
 def _model_records(settings: RunSettings, prompts: PromptSource, segmenter: Segmenter) -> dict[str, Any]:
     """Each model's name as given, the file loaded, and its sha256 (for the manifest and the resume fingerprint)."""
     p = settings.prompts
-    det_name = p.det_model if p.boxes_from is None else f"boxes from {p.boxes_from}"
+    det_name = (
+        f"boxes from {p.boxes_from}"
+        if p.boxes_from is not None
+        else f"points from {p.points_from}"
+        if p.points_from is not None
+        else p.det_model
+    )
     sam_path = segmenter.weights_path
     records: dict[str, Any] = {}
     for role, name, path in (

@@ -302,7 +302,10 @@ class Annotator:
                     sam_iou=round(sam_iou, 6),
                     stability=round(float(masks.stability[index]), 6),
                     mask_area=int(mask.sum()),
-                    box_iou=round(box_iou_xyxy(box, det.xyxy[index].astype(np.float64)), 6),
+                    # no prompt box (points alone): nothing to compare the mask's box with
+                    box_iou=round(box_iou_xyxy(box, det.xyxy[index].astype(np.float64)), 6)
+                    if det.has_box(index)
+                    else math.nan,
                     points=sum(len(p) for p in polygons),
                     fill_iou=round(fill_iou(polygons, mask, box), 6),
                     dropped=is_dropped,

@@ -18,7 +18,8 @@ class InstanceQuality:
     """One detection's figures (one row of ``instances.jsonl``, before the image and class names are added).
 
     ``line``: 1-based line of its first polygon in the label file (None when it wrote no line); ``lines``: how many
-    lines it wrote (``split`` writes one per part). ``box_iou``: IoU of the mask's bounding box with the prompt box.
+    lines it wrote (``split`` writes one per part). ``box_iou``: IoU of the mask's bounding box with the prompt box
+    (NaN where there is none: point prompts alone, box labels).
     ``fill_iou``: IoU of ``cv2.fillPoly`` of the written polygons with the mask (what training will see).
     """
 

@@ -84,7 +84,7 @@ def test_ultralytics_checkpoint_is_named_without_unpickling(tmp_path: Path, yolo
     with pytest.raises(ModelError) as err:
         load_sam(yolo_weights)
     message = str(err.value)
-    assert "Ultralytics model checkpoint" in message and "not a SAM/MobileSAM state dict" in message
+    assert "Ultralytics model checkpoint" in message and "not a SAM-family state dict" in message
     assert "ultralytics.nn.tasks.DetectionModel" in message and "--sam-model" in message
 
 
@@ -127,4 +127,4 @@ def test_registry_names_ultralytics_checkpoint(yolo_weights: Path):
     with pytest.raises(ModelError) as err:
         load_segmenter(str(yolo_weights), "cpu")
     message = str(err.value)
-    assert "Ultralytics model checkpoint" in message and "not a SAM/MobileSAM state dict" in message
+    assert "Ultralytics model checkpoint" in message and "not a SAM-family state dict" in message

@@ -150,7 +150,8 @@ def test_data_required():
 FLAT_KEYS = [
     "data", "det_model", "prompts", "prompts_file", "exemplars", "prompt_embeddings", "sam_model", "conf", "iou",
     "imgsz", "max_det", "classes", "agnostic_nms", "device", "batch",
-    "output_dir", "tolerance", "min_area", "polygon", "half", "min_mask_score", "boxes_from", "names", "coco",
+    "output_dir", "tolerance", "min_area", "polygon", "half", "min_mask_score", "boxes_from", "points_from", "names",
+    "coco",
     "preview", "val_fraction", "shard", "engine", "ray_address", "ray_workers", "ray_gpus_per_worker", "overwrite",
     "json", "quiet",
 ]  # fmt: skip

@@ -378,7 +378,7 @@ def test_the_detector_default_follows_the_class_source():
         ({"prompts": "a", "prompts_file": "n.txt"}, "both set the classes"),
         ({"exemplars": "ex"}, "--exemplars needs --names"),
         ({"prompts": "a", "boxes_from": "b"}, "--boxes-from takes its boxes and classes from labels"),
-        ({"names": "d.yaml"}, "--names only applies with --boxes-from or --exemplars"),
+        ({"names": "d.yaml"}, "--names only applies with --boxes-from, --points-from or --exemplars"),
     ],
 )
 def test_conflicting_class_sources_are_refused(overrides: dict, message: str):

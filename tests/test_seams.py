@@ -94,7 +94,7 @@ def test_core_modules_import_with_torch_unimportable():
     ("lookup", "name", "message"),
     [
         (input_kind, "video", "unknown input kind 'video': known kinds are image"),
-        (prompt_entry, "yoloe", "unknown prompt source 'yoloe': known sources are labels, open_vocab, yolo"),
+        (prompt_entry, "yoloe", "unknown prompt source 'yoloe': known sources are labels, points, open_vocab, yolo"),
         (engine_entry, "spark", "unknown engine 'spark': known engines are local, ray"),
     ],
     ids=["input-kind", "prompt-source", "engine"],
@@ -107,7 +107,7 @@ def test_unknown_registry_name_is_one_line_naming_the_known(lookup: Any, name: s
 
 def test_registries_hold_the_built_in_entries():
     assert list(INPUT_KINDS) == ["image"]
-    assert list(PROMPT_SOURCES) == ["labels", "open_vocab", "yolo"]
+    assert list(PROMPT_SOURCES) == ["labels", "points", "open_vocab", "yolo"]
     assert list(ENGINES) == ["local", "ray"]
 
 

@@ -16,8 +16,7 @@ import torch
 
 from autoannotate.errors import ModelError
 from autoannotate.quality import stability_score
-from autoannotate.segmenters import Segmenter
-from autoannotate.segmenters import sam as segment
+from autoannotate.segmenters import Segmenter, sam_transforms
 from autoannotate.segmenters.sam import (
     SAM_ASSET_NAMES,
     BoxSegmenter,
@@ -173,7 +172,8 @@ def test_existing_file_is_used_as_is(tmp_path: Path, mobile_sam_weights: Path) -
         # a path that does not exist, even though its file name is an asset name: never downloaded
         ("/nonexistent/dir/mobile_sam.pt", ("does not exist", "--sam-model PATH")),
         ("not_a_model.pt", ("not_a_model.pt", "does not exist", "--sam-model PATH")),  # unknown bare name
-        ("sam2.1_b.pt", ("SAM2/SAM3", "not supported", "--sam-model")),  # asset ultralytics has, we do not support
+        # gated weights, never downloaded: where to request them
+        ("sam3.pt", ("gated", "https://huggingface.co/facebook/sam3", "--sam-model /path/to/sam3.pt")),
     ],
 )
 def test_missing_weights_fail_without_download(
@@ -269,18 +269,18 @@ def _drop_last_vit_block(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
 @pytest.mark.parametrize(
     ("make_state_dict", "fragments"),
     [
-        # SAM2: Hiera trunk and memory modules
+        # SAM 2 (Hiera trunk and memory modules) is not the SAM family's: no SAM heads
         (
             lambda: {
                 "image_encoder.trunk.patch_embed.proj.weight": torch.zeros(1),
                 "memory_attention.x": torch.zeros(1),
             },
-            ("SAM2", "not supported", "--sam-model"),
+            ("not a SAM/MobileSAM", "--sam-model"),
         ),
-        # SAM3: detector/tracker halves
+        # SAM 3 (detector/tracker halves) is not the SAM family's either (segmenters.sam3_interactive's)
         (
             lambda: {"detector.backbone.x": torch.zeros(1), "tracker.model.y": torch.zeros(1)},
-            ("SAM3", "not supported", "--sam-model"),
+            ("not a SAM/MobileSAM", "--sam-model"),
         ),
         # arbitrary tensors
         (lambda: {"weight": torch.zeros(3), "bias": torch.zeros(3)}, ("not a SAM/MobileSAM", "--sam-model")),
@@ -343,7 +343,7 @@ def _truncated(src: Path, dst: Path) -> None:
     ("make_file", "fragments"),
     [
         # an ultralytics YOLO checkpoint (pickled nn.Module under "model")
-        (lambda p, w, y: shutil.copy(y, p), ("Ultralytics model checkpoint", "not a SAM/MobileSAM", "--sam-model")),
+        (lambda p, w, y: shutil.copy(y, p), ("Ultralytics model checkpoint", "not a SAM-family", "--sam-model")),
         # a text file with a .pt name
         (lambda p, w, y: p.write_text("not a checkpoint\nsecond line\n"), ("cannot be read", "--sam-model")),
         # the first 1000 bytes of a real checkpoint
@@ -351,7 +351,7 @@ def _truncated(src: Path, dst: Path) -> None:
         # a valid pickle of random tensors
         (lambda p, w, y: torch.save({"a": torch.zeros(2)}, p), ("not a SAM/MobileSAM", "--sam-model")),
         # a valid pickle that holds no state dict at all
-        (lambda p, w, y: torch.save([1, 2, 3], p), ("not a SAM/MobileSAM", "--sam-model")),
+        (lambda p, w, y: torch.save([1, 2, 3], p), ("not a SAM-family", "--sam-model")),
     ],
 )
 def test_unusable_files_raise_one_line_model_error(
@@ -505,7 +505,7 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
 
     assert 0 < np.mean([r.masks.mean() for r in (results[0], results[2])]) < 1  # masks are not trivially empty/full
     chunked = BoxSegmenter(fast_segmenter.model, decoder_batch_size=2)
-    monkeypatch.setattr(segment, "_POSTPROCESS_BUDGET_BYTES", 1)  # one box per full-resolution chunk
+    monkeypatch.setattr(sam_transforms, "_POSTPROCESS_BUDGET_BYTES", 1)  # one box per full-resolution chunk
     reversed_result: SegmentationResult = chunked.predict([images[0]], [boxes_portrait[::-1]])[0]
     np.testing.assert_array_equal(reversed_result.masks, results[0].masks[::-1])
     np.testing.assert_allclose(reversed_result.iou_pred, results[0].iou_pred[::-1], atol=1e-5)

@@ -105,13 +105,14 @@ def test_entries_are_asked_in_order_and_the_first_wins(tmp_path: Path, monkeypat
             {"backbone.weight": torch.zeros(3)},
             (
                 "is not a checkpoint of a known segmenter "
-                "(known: mobile_sam, sam_b, sam_l, sam_h, fastsam_s, fastsam_x)",
+                "(known: mobile_sam, sam_b, sam_l, sam_h, sam2_t, sam2_s, sam2_b+, sam2_l, sam2.1_t, sam2.1_s, "
+                "sam2.1_b+, sam2.1_l, fastsam_s, fastsam_x, sam3, sam3.1)",
                 "--sam-model",
             ),
         ),
         # SAM2: Hiera trunk and memory modules; SAM3: detector/tracker halves
-        ({"image_encoder.trunk.x": torch.zeros(1), "memory_attention.y": torch.zeros(1)}, ("SAM2", "not supported")),
-        ({"detector.x": torch.zeros(1), "tracker.y": torch.zeros(1)}, ("SAM3", "not supported")),
+        ({"image_encoder.trunk.x": torch.zeros(1), "memory_attention.y": torch.zeros(1)}, ("partial SAM 2", "no sam_")),
+        ({"detector.x": torch.zeros(1), "tracker.y": torch.zeros(1)}, ("SAM 3 checkpoint without", "sam_mask_decoder")),
         # a SAM ViT with one block: no known size
         (
             {
@@ -142,7 +143,7 @@ def test_known_list_includes_registered_entries(tmp_path: Path, monkeypatch: pyt
     torch.save({"other.weight": torch.zeros(1)}, path)
     with pytest.raises(ModelError) as err:
         load_segmenter(str(path), "cpu")
-    _one_line(err, "(known: mobile_sam, sam_b, sam_l, sam_h, fastsam_s, fastsam_x, fake)")
+    _one_line(err, "(known: mobile_sam, sam_b, sam_l, sam_h, sam2_t,", "sam2.1_l, fastsam_s, fastsam_x, fake)")
 
 
 def test_mobile_sam_loads_through_the_registry(mobile_sam_weights: Path) -> None:

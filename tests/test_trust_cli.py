@@ -324,7 +324,8 @@ def test_names_without_boxes_from_is_a_config_error(tmp_path: Path, models: list
     result = runner.invoke(app, ["run", "--data", str(tmp_path / "imgs"), "--names", str(tmp_path / "data.yaml")])
     assert result.exit_code == 2, result.output
     assert _error_lines(result.stderr) == [
-        "error: --names only applies with --boxes-from or --exemplars; drop --names or add --boxes-from LABELS_DIR"
+        "error: --names only applies with --boxes-from, --points-from or --exemplars; drop --names or add"
+        " --boxes-from LABELS_DIR"
     ]
 
 

@@ -71,6 +71,13 @@ SEGMENTERS: dict[str, SegmenterEntry] = {
         variants=("mobile_sam", "sam_b", "sam_l", "sam_h"),
         assets=frozenset({"mobile_sam.pt", "sam_b.pt", "sam_l.pt"}),
     ),
+    "sam2": lazy_entry(
+        "sam2",
+        "autoannotate.segmenters.sam2",
+        "SAM2_ENTRY",
+        variants=tuple(f"sam{v}_{s}" for v in ("2", "2.1") for s in ("t", "s", "b+", "l")),
+        assets=frozenset(f"sam{v}_{s}.pt" for v in ("2", "2.1") for s in "tsbl"),
+    ),
     "fastsam": lazy_entry(
         "fastsam",
         "autoannotate.segmenters.fastsam",
@@ -119,7 +126,7 @@ def load_segmenter(
 
     Raises:
         ModelError: One line naming the file and the fix: missing file, failed download, a pickled object or an
-            unreadable file, a checkpoint of a family that is not supported (SAM2, SAM3, an unknown ViT size), or one
+            unreadable file, a checkpoint of a family that is not supported (an unknown SAM or SAM 2 size, a partial SAM 3), or one
             that no registered family recognises.
     """
     from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,12 +31,13 @@ import torch.nn.functional as F
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
+from autoannotate.segmenters.prompting import InstancePrompts, instance_prompts, validated_boxes
 from autoannotate.segmenters.sam_transforms import (
     LOW_RES_SIZE,
     SAM_IMAGE_SIZE,
     PreparedImage,
     SegmentationResult,
-    postprocess_logits,
+    postprocess_in_chunks,
     prepare_image,
 )
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
@@ -67,8 +67,6 @@ _PIXEL_STD_RGB = (58.395, 57.12, 57.375)
 # (ViT embed dim, number of blocks) -> variant.
 _VIT_VARIANTS = {(768, 12): "sam_b", (1024, 24): "sam_l", (1280, 32): "sam_h"}
 _NOT_SAM = "is not a SAM/MobileSAM checkpoint (no SAM image encoder, prompt encoder and mask decoder weights found)"
-# Bytes of float32 full-resolution logits allowed per postprocessing chunk.
-_POSTPROCESS_BUDGET_BYTES = 256 * 1024**2
 # Above this many bytes of (N, H, W) bool masks, masks are computed one box at a time when asked for.
 _EAGER_MASK_BYTES = 256 * 1024**2
 
@@ -80,13 +78,10 @@ _EAGER_MASK_BYTES = 256 * 1024**2
 
 def _classify(state_dict: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """``(variant, None)`` for a checkpoint this module loads; ``(None, why)`` for one of the SAM family that it does
-    not (SAM2, SAM3, an unknown ViT size), ``why`` a clause such as ``"is a SAM2 checkpoint, ..."``; else
-    ``(None, None)``. Reads key names and ``.shape`` only."""
+    not (an unknown ViT size; SAM 2 and SAM 3 are ``segmenters.sam2``'s and ``segmenters.sam3_interactive``'s),
+    ``why`` a clause such as ``"is a SAM ViT checkpoint of unknown size ..."``; else ``(None, None)``. Reads key names
+    and ``.shape`` only."""
     keys = [str(k) for k in state_dict]
-    # SAM2 checkpoints hold a Hiera trunk and memory modules (SAM 3's detector./tracker. ones: sam3_interactive).
-    sam2_markers = ("memory_attention.", "memory_encoder.", "sam_mask_decoder.", "image_encoder.trunk.")
-    if any(k.startswith(sam2_markers) for k in keys):
-        return None, "is a SAM2 checkpoint, which is not supported"
     has_heads = any(k.startswith("mask_decoder.") for k in keys) and any(k.startswith("prompt_encoder.") for k in keys)
     if has_heads and any(k.startswith("image_encoder.layers.") for k in keys):
         return "mobile_sam", None
@@ -115,8 +110,8 @@ def recognise_sam(state_dict: Mapping[str, Any]) -> str | None:
 
 
 def explain_sam(state_dict: Mapping[str, Any]) -> str | None:
-    """Why a SAM-family state dict that ``recognise_sam`` refuses is not loaded (SAM2, SAM3, an unknown ViT size),
-    as a clause after the file's name; None for a checkpoint that is no SAM at all (or one it recognises)."""
+    """Why a SAM-family state dict that ``recognise_sam`` refuses is not loaded (an unknown ViT size), as a
+    clause after the file's name; None for a checkpoint that is no SAM at all (or one it recognises)."""
     return _classify(state_dict)[1]
 
 
@@ -131,7 +126,7 @@ def detect_sam_variant(state_dict: Mapping[str, Any], source: str = "checkpoint"
         One of ``SAM_VARIANTS``.
 
     Raises:
-        ModelError: A SAM2/SAM3 checkpoint (not supported), an unknown ViT size, or not a SAM checkpoint at all.
+        ModelError: An unknown ViT size, or not a SAM checkpoint at all.
     """
     variant, why = _classify(state_dict)
     if variant is None:
@@ -217,51 +212,6 @@ def default_decoder_batch_size(device: torch.device | str) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 # Segmenter
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _InstancePrompts:
-    """What prompts each instance of one image: its box (``with_box[i]``) and its ``(K, 3)`` points (K may be 0)."""
-
-    with_box: tuple[bool, ...]
-    points: tuple[np.ndarray, ...]
-
-    def groups(self) -> list[tuple[bool, int, list[int]]]:
-        """``(with_box, number of points, instance indices)`` per prompt shape, in order of first appearance."""
-        by_shape: dict[tuple[bool, int], list[int]] = {}
-        for i, (box, pts) in enumerate(zip(self.with_box, self.points, strict=True)):
-            by_shape.setdefault((box, len(pts)), []).append(i)
-        return [(box, k, members) for (box, k), members in by_shape.items()]
-
-
-def _instance_prompts(
-    n: int, points: Sequence[np.ndarray] | None, box_given: np.ndarray | None, index: int
-) -> _InstancePrompts:
-    """One image's per-instance prompts, checked: every instance needs its box or at least one point."""
-    empty = np.zeros((0, 3), np.float64)
-    pts = tuple(empty for _ in range(n)) if points is None else tuple(np.asarray(p, np.float64) for p in points)
-    boxes = (True,) * n if box_given is None else tuple(bool(b) for b in np.asarray(box_given).reshape(-1))
-    if len(pts) != n or len(boxes) != n:
-        raise ValueError(f"image {index}: points and box_given need one entry per box ({n})")
-    for i, (box, p) in enumerate(zip(boxes, pts, strict=True)):
-        if p.ndim != 2 or p.shape[1] != 3 or not np.isfinite(p).all():
-            raise ValueError(f"image {index}, instance {i}: points must be a finite (K, 3) array of x y label")
-        if not box and not len(p):
-            raise ValueError(f"image {index}, instance {i}: neither a box nor a point to prompt with")
-    return _InstancePrompts(boxes, pts)
-
-
-def _validated_boxes(boxes_xyxy: np.ndarray, index: int) -> np.ndarray:
-    """``(N, 4)`` float64 copy of one image's boxes, or ValueError naming the image index."""
-    boxes = np.asarray(boxes_xyxy)
-    if boxes.size == 0:
-        return np.zeros((0, 4), np.float64)
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.issubdtype(boxes.dtype, np.number):
-        raise ValueError(f"boxes_xyxy[{index}] must be an (N, 4) numeric array, got shape {boxes.shape}")
-    boxes = boxes.astype(np.float64)
-    if not np.isfinite(boxes).all():
-        raise ValueError(f"boxes_xyxy[{index}] contains NaN or infinite coordinates")
-    return boxes
 
 
 class BoxSegmenter:
@@ -482,9 +432,9 @@ class BoxSegmenter:
         """
         if len(images) != len(boxes_xyxy):
             raise ValueError(f"got {len(images)} images but {len(boxes_xyxy)} box arrays; pass one array per image")
-        boxes_per_image = [_validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
+        boxes_per_image = [validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
         prompts_per_image = [
-            _instance_prompts(len(b), (points or [None] * len(images))[i], (box_given or [None] * len(images))[i], i)
+            instance_prompts(len(b), (points or [None] * len(images))[i], (box_given or [None] * len(images))[i], i)
             for i, b in enumerate(boxes_per_image)
         ]
         results: list[SegmentationResult | None] = [
@@ -515,7 +465,7 @@ class BoxSegmenter:
         image_pe: torch.Tensor,
         image: PreparedImage,
         boxes_xyxy: np.ndarray,
-        prompts: _InstancePrompts,
+        prompts: InstancePrompts,
         device: torch.device,
     ) -> SegmentationResult:
         """Decode all instances of one image from its ``(1, C, 64, 64)`` embedding and postprocess the masks.
@@ -566,24 +516,9 @@ class BoxSegmenter:
             low_res_logits=low_res[:, 0].cpu().numpy().astype(np.float32, copy=False),
             input_hw=image.input_hw,
             original_hw=image.original_hw,
-            eager_masks=self._postprocess(low_res, image.input_hw, image.original_hw, threshold) if eager else None,
+            eager_masks=postprocess_in_chunks(low_res, image.input_hw, image.original_hw, threshold) if eager else None,
             mask_threshold=threshold,
         )
-
-    def _postprocess(
-        self, low_res: torch.Tensor, input_hw: tuple[int, int], original_hw: tuple[int, int], threshold: float
-    ) -> np.ndarray:
-        """``postprocess_logits`` in chunks of boxes, so that the full-resolution float32 logits stay under
-        ~256 MB; thresholds on the device so that only booleans are copied to the host."""
-        h, w = original_hw
-        per_box_bytes = 4 * (SAM_IMAGE_SIZE * SAM_IMAGE_SIZE + h * w)
-        chunk = max(1, _POSTPROCESS_BUDGET_BYTES // per_box_bytes)
-        masks = np.empty((len(low_res), h, w), dtype=bool)
-        for start in range(0, len(low_res), chunk):
-            masks[start : start + chunk] = (
-                postprocess_logits(low_res[start : start + chunk], input_hw, original_hw, threshold).cpu().numpy()
-            )
-        return masks
 
 
 def _load_entry(path: Path | None, device: torch.device | str, half: bool, variant: str) -> BoxSegmenter:

@@ -123,7 +123,7 @@ def _classify(state_dict: Mapping[str, Any]) -> tuple[str | None, str | None]:
     if all(parts.values()):
         renamed = any(k.startswith(("tracker.model.interactiv",)) or "interactive_convs" in k for k in keys)
         return ("sam3.1" if renamed else "sam3"), None
-    lacking = ", ".join(p.rstrip(".") for p, found in parts.items() if not found)
+    lacking = ", ".join(_file_key(p).rstrip(".") for p, found in parts.items() if not found)
     return None, (
         f"is a SAM 3 checkpoint without the interactive (box-prompt) model's weights (no {lacking}; a detector-only "
         f"or video-only export?)"

@@ -23,6 +23,7 @@ __all__ = [
     "SAM_IMAGE_SIZE",
     "PreparedImage",
     "SegmentationResult",
+    "postprocess_in_chunks",
     "postprocess_logits",
     "prepare_image",
     "preprocess_hw",
@@ -107,6 +108,8 @@ class SegmentationResult:
         iou_pred: ``(N,)`` float32, SAM's predicted IoU of each mask.
         low_res_logits: ``(N, 256, 256)`` float32 decoder logits in the padded 1024x1024 frame (scaled by 1/4).
         input_hw, original_hw: the resized (longest side 1024) and original ``(H, W)``.
+        stretched: The logits cover the whole image resized to a square (SAM 2 and 3: no padding, ``input_hw`` is
+            that square, four times the logits' side), rather than SAM's padded longest-side frame.
         eager_masks: ``(N, H, W)`` bool when they fit a memory budget, else None and ``mask(i)`` computes each one
             on demand, so that a huge image with many boxes never holds all its full-size masks at once.
     """
@@ -117,6 +120,7 @@ class SegmentationResult:
     original_hw: tuple[int, int]
     eager_masks: np.ndarray | None = None
     mask_threshold: float = 0.0
+    stretched: bool = False
 
     def __len__(self) -> int:
         return len(self.iou_pred)
@@ -126,7 +130,9 @@ class SegmentationResult:
         if self.eager_masks is not None:
             return self.eager_masks[index]
         logits = torch.from_numpy(self.low_res_logits[index : index + 1, None])
-        return postprocess_logits(logits, self.input_hw, self.original_hw, self.mask_threshold)[0].numpy()
+        return postprocess_logits(
+            logits, self.input_hw, self.original_hw, self.mask_threshold, stretched=self.stretched
+        )[0].numpy()
 
     @property
     def masks(self) -> np.ndarray:
@@ -165,14 +171,50 @@ class SegmentationResult:
 
 
 def postprocess_logits(
-    low_res: torch.Tensor, input_hw: tuple[int, int], original_hw: tuple[int, int], threshold: float
+    low_res: torch.Tensor,
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    threshold: float,
+    *,
+    stretched: bool = False,
 ) -> torch.Tensor:
-    """``(N, 1, 256, 256)`` float32 logits -> ``(N, H, W)`` bool masks on the same device.
+    """``(N, 1, L, L)`` float32 logits -> ``(N, H, W)`` bool masks on the same device.
 
     As the reference ``Sam.postprocess_masks`` then ``> threshold``: bilinear (align_corners=False) upscale to the
-    padded 1024 frame, crop to ``input_hw``, bilinear resize to ``original_hw``.
+    padded 1024 frame, crop to ``input_hw``, bilinear resize to ``original_hw``. ``stretched`` (SAM 2 and 3, whose
+    square input is the whole image resized, as ``SAM2Transforms.postprocess_masks``): one bilinear resize of the
+    logits to ``original_hw``.
     """
+    if stretched:
+        return F.interpolate(low_res, original_hw, mode="bilinear", align_corners=False)[:, 0] > threshold
     x = F.interpolate(low_res, (SAM_IMAGE_SIZE, SAM_IMAGE_SIZE), mode="bilinear", align_corners=False)
     x = x[..., : input_hw[0], : input_hw[1]]
     x = F.interpolate(x, original_hw, mode="bilinear", align_corners=False)
     return x[:, 0] > threshold
+
+
+# Bytes of float32 full-resolution logits allowed per postprocessing chunk.
+_POSTPROCESS_BUDGET_BYTES = 256 * 1024**2
+
+
+def postprocess_in_chunks(
+    low_res: torch.Tensor,
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    threshold: float,
+    *,
+    stretched: bool = False,
+) -> np.ndarray:
+    """``postprocess_logits`` of ``(N, 1, L, L)`` logits in chunks of boxes, so that the full-resolution float32
+    logits stay under ~256 MB; thresholds on the logits' device so that only booleans are copied to the host.
+    Returns ``(N, H, W)`` bool."""
+    h, w = original_hw
+    frame = low_res.shape[-1] * 4 if stretched else SAM_IMAGE_SIZE
+    chunk = max(1, _POSTPROCESS_BUDGET_BYTES // (4 * (frame * frame + h * w)))
+    masks = np.empty((len(low_res), h, w), dtype=bool)
+    for start in range(0, len(low_res), chunk):
+        part = low_res[start : start + chunk]
+        masks[start : start + chunk] = (
+            postprocess_logits(part, input_hw, original_hw, threshold, stretched=stretched).cpu().numpy()
+        )
+    return masks

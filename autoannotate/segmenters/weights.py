@@ -31,9 +31,9 @@ __all__ = [
 ]
 
 #: The fix that ends most weights messages: which checkpoints the ``--sam-model`` flag takes.
-SAM_FLAG_HINT = "pass a SAM or MobileSAM checkpoint with --sam-model (e.g. mobile_sam.pt)"
+SAM_FLAG_HINT = "pass a segmenter checkpoint with --sam-model (e.g. mobile_sam.pt, sam2.1_b.pt, FastSAM-s.pt)"
 # What a weights file is expected to hold, in messages about a file that holds something else.
-_EXPECTED = "SAM/MobileSAM"
+_EXPECTED = "SAM-family"
 # The global that torch's weights-only unpickler refused, as its message names it ("Unsupported global: GLOBAL
 # ultralytics.nn.tasks.DetectionModel was not an allowed global", "unsupported GLOBAL posix.system whose module
 # posix is blocked"); no name means the file is no pickle it can follow at all (text, truncated, corrupt).
@@ -44,8 +44,6 @@ _CONVERT_HINT = (
 )
 # Bare names of checkpoints whose weights are gated on their hub -> where to request them: never downloaded.
 GATED_WEIGHTS = {"sam3.pt": "https://huggingface.co/facebook/sam3"}
-# Bare names of checkpoints that ultralytics publishes but that no registered segmenter loads (yet).
-_UNSUPPORTED_ASSET = re.compile(r"(sam2(\.1)?_\w+|sam3)\.pt")
 
 
 def weights_source(path: str | Path) -> str:
@@ -89,8 +87,6 @@ def resolve_weights(
             f"SAM weights {name!r} not found: they are gated, request access at {GATED_WEIGHTS[name]}, download "
             f"{name} and pass --sam-model /path/to/{name}"
         )
-    if is_bare_name and name not in assets and _UNSUPPORTED_ASSET.fullmatch(name):
-        raise ModelError(f"SAM weights {name!r}: SAM2/SAM3 checkpoints are not supported; {SAM_FLAG_HINT} or sam_b.pt")
     if not (is_bare_name and name in assets):
         raise ModelError(
             f"{weights_source(path)} does not exist; pass --sam-model PATH to an existing checkpoint "
