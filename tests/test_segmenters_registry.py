@@ -143,7 +143,9 @@ def test_known_list_includes_registered_entries(tmp_path: Path, monkeypatch: pyt
     torch.save({"other.weight": torch.zeros(1)}, path)
     with pytest.raises(ModelError) as err:
         load_segmenter(str(path), "cpu")
-    _one_line(err, "(known: mobile_sam, sam_b, sam_l, sam_h, sam2_t,", "sam2.1_l, fastsam_s, fastsam_x, fake)")
+    _one_line(
+        err, "(known: mobile_sam, sam_b, sam_l, sam_h, sam2_t,", "sam2.1_l, fastsam_s, fastsam_x, sam3, sam3.1, fake)"
+    )
 
 
 def test_mobile_sam_loads_through_the_registry(mobile_sam_weights: Path) -> None:
