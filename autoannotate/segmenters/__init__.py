@@ -126,8 +126,8 @@ def load_segmenter(
 
     Raises:
         ModelError: One line naming the file and the fix: missing file, failed download, a pickled object or an
-            unreadable file, a checkpoint of a family that is not supported (an unknown SAM or SAM 2 size, a partial SAM 3), or one
-            that no registered family recognises.
+            unreadable file, a checkpoint of a family that is not supported (an unknown SAM or SAM 2 size, a partial
+            SAM 3), or one that no registered family recognises.
     """
     from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
 
