@@ -88,7 +88,7 @@ def _check_prompt_kinds(needed: frozenset[str], segmenter: Segmenter, sam_model:
             else f"{segmenter.variant} (--sam-model {sam_model}) takes boxes only"
         )
         raise ConfigError(
-            f"--points-from needs a segmenter that takes point prompts (MobileSAM, SAM, SAM 2); {which}:"
+            f"--points-from needs a segmenter that takes point prompts (MobileSAM, SAM, SAM 2, SAM 3); {which}:"
             " pass --sam-model mobile_sam.pt"
         )
 
