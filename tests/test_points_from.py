@@ -325,9 +325,9 @@ def _save_fastsam_s(path: Path) -> Path:
         (["--prompts", "cup"], "error: --points-from takes its points and classes from labels, so --prompts has no"
          " detector to prompt; drop one of them"),
         (["--sam-model", "none"], "error: --points-from needs a segmenter that takes point prompts (MobileSAM, SAM,"
-         " SAM 2); --sam-model none has no segmenter to prompt: pass --sam-model mobile_sam.pt"),
+         " SAM 2, SAM 3); --sam-model none has no segmenter to prompt: pass --sam-model mobile_sam.pt"),
         (["--sam-model", "{fastsam}"], "error: --points-from needs a segmenter that takes point prompts (MobileSAM,"
-         " SAM, SAM 2); fastsam_s (--sam-model {fastsam}) takes boxes only: pass --sam-model mobile_sam.pt"),
+         " SAM, SAM 2, SAM 3); fastsam_s (--sam-model {fastsam}) takes boxes only: pass --sam-model mobile_sam.pt"),
     ],
     ids=["boxes-from", "prompts", "no-segmenter", "fastsam"],
 )  # fmt: skip

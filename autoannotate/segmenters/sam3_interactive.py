@@ -9,6 +9,13 @@ memory modules stay unused. SAM 3.1 checkpoints nest the tracker's point-prompt 
 / ``tracker.model.interactivity_*`` and call the neck ``interactive_convs``; ``sam3_key`` maps both layouts onto the
 model's names (as ultralytics' loader does).
 
+The numerics are Meta's ``sam3.model.sam1_task_predictor.SAM3InteractiveImagePredictor``'s (box prompts,
+``multimask_output=False``), by way of ``sam2.Sam2Segmenter``, whose steps it shares: ``Resize((1008, 1008))``
+(bilinear, antialiased, aspect ratio not kept), ``Normalize`` with mean 0.5 and std 0.5, the ViT and SAM-2 neck over
+the batch of images, ``no_mem_embed`` on the lowest level, a box as its corners labelled 2 and 3, the decoder over all
+boxes of an image in chunks; then what SAM 3's predictor adds: holes of up to 256 low-res pixels filled
+(``fill_holes``) before the 288x288 logits are resized bilinearly to the original size and thresholded at 0.
+
 Weights are gated on their hub (https://huggingface.co/facebook/sam3) and never downloaded: a bare ``sam3.pt`` that is
 not found locally is refused in one line that says where to request it (``weights.resolve_weights``).
 
