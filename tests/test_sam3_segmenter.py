@@ -131,6 +131,36 @@ def test_a_partial_sam3_file_fails_in_one_line(tmp_path: Path) -> None:
     assert "--sam-model" in message
 
 
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda sd: sd.pop("tracker.sam_mask_decoder.iou_token.weight"), "1 missing"),
+        (lambda sd: sd.update({"tracker.no_mem_embed": torch.zeros(1, 1, 128)}), "1 mis-shaped"),
+        (lambda sd: sd.update({"tracker.sam_mask_decoder.extra.weight": torch.zeros(1)}), "1 unexpected"),
+    ],
+    ids=["missing", "mis-shaped", "unexpected"],
+)
+def test_weights_must_match_the_architecture(
+    file_layout: dict[str, torch.Tensor],
+    sam3_model: torch.nn.Module,
+    monkeypatch: pytest.MonkeyPatch,
+    edit: Any,
+    fragment: str,
+) -> None:
+    from autoannotate.segmenters import sam3_interactive
+
+    damaged = dict(file_layout)
+    edit(damaged)
+    assert recognise_sam3(damaged) == "sam3"  # still looks like SAM 3: the strict check is what refuses it
+    monkeypatch.setattr(sam3_interactive, "read_state_dict", lambda path, mmap: damaged)
+    monkeypatch.setattr(sam3_interactive, "build_sam3_model", lambda: sam3_model)  # no second 474M build
+    with pytest.raises(ModelError) as err:
+        sam3_interactive.load_sam3_model(Path("damaged.pt"))
+    message = str(err.value)
+    assert "\n" not in message and "does not match the SAM 3 interactive architecture" in message
+    assert fragment in message and "--sam-model" in message
+
+
 def test_missing_sam3_weights_say_where_to_request_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no sam3.pt here
     calls: list[Any] = []
