@@ -8,6 +8,7 @@ code path, 9x fewer tokens); the end-to-end run loads the checkpoint file as a u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,48 @@ def test_masks_equal_meta_reference_predictor(
         mismatch = int((ours.mask(i) != np.asarray(masks)[i, 0].astype(bool)).sum())
         assert mismatch <= 2, f"box {i}: {mismatch} pixels differ"  # float rounding at the threshold only
     assert ((ours.stability >= 0) & (ours.stability <= 1)).all()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # Meta's transforms
+def test_box_and_point_prompts_equal_meta_reference_predictor(
+    small_model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A box with a positive and a negative point per instance: the corners (labels 2, 3), then the points."""
+    reference = pytest.importorskip("sam3.model.sam1_task_predictor")
+    import sam3.perflib.connected_components as components
+
+    monkeypatch.setattr(components, "connected_components", _connected_components_cv2)
+    xy_label = np.array([[[20, 30, 1], [50, 10, 0]], [[60, 40, 1], [35, 50, 0]]], np.float64)  # (N, K, 3)
+    boxes = BOXES_XYXY[:2]
+    segmenter = Sam3Segmenter(small_model)
+    prompts = dataclasses.replace(Detections.from_boxes(boxes), points=tuple(p.astype(np.float32) for p in xy_label))
+    (ours,) = segmenter.segment([segmenter.prepare(_image())], [prompts])
+    predictor = reference.SAM3InteractiveImagePredictor(small_model)
+    side = SMALL_SIDE // 14
+    predictor._bb_feat_sizes = [(4 * side, 4 * side), (2 * side, 2 * side), (side, side)]
+    predictor.set_image(_image())
+    masks, iou, _ = predictor.predict(
+        point_coords=xy_label[..., :2].astype(np.float32),
+        point_labels=xy_label[..., 2].astype(np.int64),
+        box=boxes.astype(np.float32),
+        multimask_output=False,
+    )
+    np.testing.assert_allclose(ours.scores, np.asarray(iou)[:, 0], atol=1e-5)
+    for i in range(len(boxes)):
+        assert int((ours.mask(i) != np.asarray(masks)[i, 0].astype(bool)).sum()) <= 2
+
+
+def test_half_agrees_with_float32(small_model: torch.nn.Module, batched_masks: list[Any]) -> None:
+    """bfloat16 autocast on CPU: the same masks up to rounding (random weights give speckled masks, so the
+    agreement of real weights' blob-shaped masks is higher)."""
+    segmenter = Sam3Segmenter(small_model, half=True)
+    (half,) = segmenter.segment([segmenter.prepare(_image())], [Detections.from_boxes(BOXES_XYXY)])
+    full = batched_masks[0]
+    ious = []
+    for i in range(len(BOXES_XYXY)):
+        a, b = half.mask(i), full.mask(i)
+        ious.append(np.logical_and(a, b).sum() / max(np.logical_or(a, b).sum(), 1))
+    assert min(ious) > 0.9, ious
 
 
 def test_batched_encoder_equals_one_image_at_a_time(small_model: torch.nn.Module, batched_masks: list[Any]) -> None:
