@@ -6,9 +6,10 @@ decoder (ms/box), fp32 and ``--half``, with the masks' agreement between the two
 Every model is a random-weight stand-in of the real architecture, built here (nothing is downloaded) and loaded the
 way a run loads it (``autoannotate.segmenters.load_segmenter``: recognised from its contents). Each family is timed
 through the ``Segmenter`` protocol alone (``prepare`` + ``segment`` on one 640x480 image): with 1 box and with
-``--boxes`` boxes; the decoder's cost per box is the difference over the extra boxes, the encoder's the 1-box time
-less one box. Best of ``--repeats`` after a warm-up. Random weights give speckled masks, so the agreement figures
-(per-box mask IoU of ``--half`` against fp32) are a lower bound for real weights' blob-shaped masks.
+``--decoder-boxes`` boxes; the decoder's cost per box is the difference over the extra boxes (many of them, so that
+the encoder's run-to-run noise is spread thin), the encoder's the 1-box time less one box, and ``s/img`` the encoder
+plus ``--boxes`` boxes. Best of ``--repeats`` after a warm-up. Random weights give speckled masks, so the agreement
+figures (per-box mask IoU of ``--half`` against fp32) are a lower bound for real weights' blob-shaped masks.
 
 The ``ratio`` column is each row's seconds per image (encoder + ``--boxes`` boxes) over MobileSAM's, fp32.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OtherLoadMeter, machine_lines, synthetic_scene_bgr  # noqa: E402
+from common import OtherLoadMeter, machine_lines, synthetic_scene_bgr
 
 IMAGE_WH = (640, 480)
 
@@ -71,14 +72,14 @@ def _fastsam(scale: str) -> Callable[[Path], None]:
 def _sam3(path: Path) -> None:
     from autoannotate.segmenters import sam3_interactive
 
-    sam3_interactive.write_random_checkpoint(path)  # type: ignore[attr-defined]
+    sam3_interactive.write_random_checkpoint(path)
 
 
 #: name -> (checkpoint builder, file name). File names say nothing the loader uses: it recognises contents.
 FAMILIES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "mobile_sam": (_sam("build_mobile_sam"), "mobile_sam.pt"),
     "fastsam_s": (_fastsam("s"), "fastsam_s.pt"),
     "fastsam_x": (_fastsam("x"), "fastsam_x.pt"),
-    "mobile_sam": (_sam("build_mobile_sam"), "mobile_sam.pt"),
     "sam2.1_t": (_sam2("configs/sam2.1/sam2.1_hiera_t.yaml"), "sam2.1_t.pt"),
     "sam2.1_s": (_sam2("configs/sam2.1/sam2.1_hiera_s.yaml"), "sam2.1_s.pt"),
     "sam2.1_b+": (_sam2("configs/sam2.1/sam2.1_hiera_b+.yaml"), "sam2.1_b.pt"),
@@ -138,7 +139,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated rows, from: " + ", ".join(FAMILIES))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a run uses one per core on CPU)")
-    parser.add_argument("--boxes", type=int, default=9)
+    parser.add_argument("--boxes", type=int, default=9, help="boxes per image in the s/img column")
+    parser.add_argument("--decoder-boxes", type=int, default=33, help="boxes of the timing the per-box cost is from")
     parser.add_argument("--skip-half", action="store_true")
     parser.add_argument("--weights-dir", type=Path, default=Path(tempfile.gettempdir()) / "aa-bench-segmenters")
     args = parser.parse_args()
@@ -146,14 +148,17 @@ def main() -> None:
     import cv2
     import torch
 
+    from autoannotate.errors import ModelError
+
     torch.set_num_threads(args.threads)
     for line in machine_lines():
         print(line)
     print(
-        f"torch threads {args.threads}, image {IMAGE_WH[0]}x{IMAGE_WH[1]}, {args.boxes} boxes, best of {args.repeats}"
+        f"torch threads {args.threads}, image {IMAGE_WH[0]}x{IMAGE_WH[1]}, s/img with {args.boxes} boxes, per box from "
+        f"1 and {args.decoder_boxes} boxes, best of {args.repeats}"
     )
     image_rgb = cv2.cvtColor(synthetic_scene_bgr(np.random.default_rng(0), IMAGE_WH), cv2.COLOR_BGR2RGB)
-    boxes = _boxes_xyxy(args.boxes, seed=1)
+    boxes = _boxes_xyxy(args.decoder_boxes, seed=1)
     args.weights_dir.mkdir(parents=True, exist_ok=True)
 
     header = f"{'segmenter':<11} {'encoder s/img':>13} {'decoder ms/box':>14} {'s/img':>7} {'ratio':>6}"
@@ -174,8 +179,12 @@ def main() -> None:
                 continue
         meter = OtherLoadMeter()
         meter.start()
-        encoder_s, per_box_s, masks = _measure(path, False, image_rgb, boxes, args.repeats)
-        total_s = encoder_s + per_box_s * len(boxes)
+        try:
+            encoder_s, per_box_s, masks = _measure(path, False, image_rgb, boxes, args.repeats)
+        except ModelError as error:
+            print(f"{name:<11} skipped: {error}")
+            continue
+        total_s = encoder_s + per_box_s * args.boxes
         reference_s = total_s if name == "mobile_sam" else reference_s
         ratio = f"{total_s / reference_s:6.2f}" if reference_s else f"{'-':>6}"
         row = f"{name:<11} {encoder_s:13.3f} {per_box_s * 1e3:14.2f} {total_s:7.2f} {ratio}"

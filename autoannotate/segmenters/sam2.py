@@ -55,6 +55,7 @@ __all__ = [
     "explain_sam2",
     "load_sam2",
     "recognise_sam2",
+    "to_device",
 ]
 
 #: Variant names (``sam2.1_b+`` is Meta's ``sam2.1_hiera_base_plus``; ultralytics names its asset ``sam2.1_b.pt``).
@@ -256,7 +257,7 @@ class Sam2Segmenter:
     def _load(cls, path: Path, device: torch.device | str, half: bool, variant: str | None) -> Sam2Segmenter:
         """``load_sam2(path, variant)`` moved to ``device`` (oneDNN layers on CPU as ``onednn_for`` decides)."""
         model, variant = load_sam2(path, variant)
-        return cls(_to_device(model, device), half=half, variant=variant, weights_path=path)
+        return cls(to_device(model, device), half=half, variant=variant, weights_path=path)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -487,7 +488,7 @@ class Sam2Segmenter:
         return torch.cat(parts_xy, dim=1), torch.cat(parts_label, dim=1)
 
 
-def _to_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+def to_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
     """``model`` on ``device`` (oneDNN float32 layers on CPU where ``onednn_for`` says so), or a one-line
     ModelError."""
     target = torch.device(device)

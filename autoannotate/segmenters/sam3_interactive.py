@@ -36,7 +36,7 @@ import torch
 
 from autoannotate.errors import ModelError, one_line
 from autoannotate.segmenters.base import SegmenterEntry
-from autoannotate.segmenters.sam2 import Sam2Segmenter, _to_device
+from autoannotate.segmenters.sam2 import Sam2Segmenter, to_device
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, weights_source
 
 __all__ = [
@@ -272,7 +272,7 @@ class Sam3Segmenter(Sam2Segmenter):
     def _load(cls, path: Path, device: torch.device | str, half: bool, variant: str | None) -> Sam3Segmenter:
         """``load_sam3_model(path, variant)`` moved to ``device``."""
         model, variant = load_sam3_model(path, variant)
-        return cls(_to_device(model, device), half=half, variant=variant, weights_path=path)
+        return cls(to_device(model, device), half=half, variant=variant, weights_path=path)
 
     def _backbone(self, batch: torch.Tensor) -> dict[str, Any]:
         """The ViT trunk and SAM-2 neck of SAM 3's backbone (``SAM3VLBackbone.forward_image_sam2``)."""
