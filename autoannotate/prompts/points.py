@@ -24,15 +24,15 @@ pixel edges, ``x = xn * W``, as ``--boxes-from`` reads it. An image without a fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autoannotate.errors import ConfigError, ImageError
-from autoannotate.prompts.base import keep_classes, resolve_classes
+from autoannotate.errors import ImageError
+from autoannotate.prompts.labels import MirroredLabelFormat, MirroredLabels, build_mirrored_labels, names_from_labels
 from autoannotate.types import Detections
 
 if TYPE_CHECKING:
@@ -170,70 +170,40 @@ def read_point_labels(path: Path, resolution_wh: tuple[int, int]) -> Detections:
     return point_detections(rows, resolution_wh)
 
 
-class LabelPoints:
-    """A prompt source (``prompts.base.PromptSource``): each image's point prompts from its point label file.
+def _point_line_class_ids(text: str) -> Iterator[int]:
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if fields:
+            try:
+                yield parse_point_line(number, fields).class_id
+            except PointLineError:
+                continue  # the run fails that image with the reason
 
-    Thread-safe (stateless). ``names``: the classes the lines may use; a line whose class is not among them fails
-    its image. ``class_ids``: the ``--classes`` filter, already resolved (``resolve_classes``). The segmenter must
-    take point prompts (its ``PROMPT_SOURCES`` entry says so, and ``models.load_models`` checks it).
-    """
 
-    weights_path = None
+#: ``--points-from``: point label files (the grammar above).
+POINT_LABELS = MirroredLabelFormat(
+    flag="--points-from",
+    what="point labels",
+    contents="a directory of point label files",
+    read=read_point_labels,
+    class_ids=_point_line_class_ids,
+)
+
+
+class LabelPoints(MirroredLabels):
+    """The ``--points-from`` source over ``points_root``: ``MirroredLabels`` of ``POINT_LABELS``. The segmenter must
+    take point prompts (its ``PROMPT_SOURCES`` entry says so, and ``models.load_models`` checks it)."""
 
     def __init__(self, points_root: Path, names: dict[int, str], class_ids: tuple[int, ...] | None = None) -> None:
-        if not points_root.is_dir():
-            raise ConfigError(f"--points-from {str(points_root)!r} is not a directory of point label files")
-        self.points_root = points_root
-        self.names = names
-        self.class_ids = class_ids
-
-    def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
-        """Prompts for each image from its point label file, in that image's pixel frame (confidence 1)."""
-        out = []
-        for image, rel_path in zip(images_bgr, rel_paths, strict=True):
-            height, width = image.shape[:2]
-            path = self.points_root / rel_path.with_suffix(".txt")
-            detections = read_point_labels(path, (width, height))
-            unknown = sorted(set(detections.class_id.tolist()) - set(self.names))
-            if unknown:
-                known = f"ids 0..{max(self.names)}" if self.names else "no classes"
-                raise ImageError(
-                    f"point labels {str(path)!r} use class id {unknown[0]}, which the class names do not have"
-                    f" ({known}); fix the label or pass --names with every class"
-                )
-            out.append(keep_classes(detections, self.class_ids))
-        return out
+        super().__init__(POINT_LABELS, points_root, names, class_ids)
 
 
 def names_from_points(points_root: Path) -> dict[int, str]:
-    """When no data.yaml is given: ``{id: "class<id>"}`` for ids 0..max of the lines that parse."""
-    highest = -1
-    for path in points_root.rglob("*.txt"):
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError):
-            continue
-        for number, line in enumerate(text.splitlines(), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                highest = max(highest, parse_point_line(number, fields).class_id)
-            except PointLineError:
-                continue  # the run fails that image with the reason
-    return {i: f"class{i}" for i in range(highest + 1)}
+    """When no data.yaml is given: ``{id: "class<id>"}`` for ids 0..max of the point label lines that parse."""
+    return names_from_labels(points_root, POINT_LABELS)
 
 
-def build_label_points(settings: RunSettings) -> LabelPoints:
-    """The ``--points-from`` source: its names from ``--names``, else a data.yaml beside the labels, else
-    ``class<id>`` for every id the labels use; ``--classes`` resolved against them."""
-    from autoannotate.review.labels import find_data_yaml, read_names
-
-    p = settings.prompts
-    assert p.points_from is not None  # PROMPT_SOURCES picks this source only then
-    points_root = Path(p.points_from).expanduser()
-    names_file = Path(p.names).expanduser() if p.names else find_data_yaml(points_root)
-    names = read_names(names_file) if names_file is not None else names_from_points(points_root)
-    source = LabelPoints(points_root, names)  # refuses a missing directory first
-    source.class_ids = resolve_classes(p.classes, names, "--names" if names_file is not None else "the point labels")
-    return source
+def build_label_points(settings: RunSettings) -> MirroredLabels:
+    """The ``--points-from`` source (``labels.build_mirrored_labels``)."""
+    assert settings.prompts.points_from is not None  # PROMPT_SOURCES picks this source only then
+    return build_mirrored_labels(settings, settings.prompts.points_from, POINT_LABELS)

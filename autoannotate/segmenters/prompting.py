@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["InstancePrompts", "instance_prompts", "validated_boxes"]
+from autoannotate.types import Detections
+
+__all__ = ["InstancePrompts", "checked_prompts", "instance_prompts", "prompt_arrays", "validated_boxes"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,33 @@ def validated_boxes(boxes_xyxy: np.ndarray, index: int) -> np.ndarray:
     if not np.isfinite(boxes).all():
         raise ValueError(f"boxes_xyxy[{index}] contains NaN or infinite coordinates")
     return boxes
+
+
+def checked_prompts(
+    images: Sequence[Any],
+    boxes_xyxy: Sequence[np.ndarray],
+    points: Sequence[Sequence[np.ndarray] | None] | None,
+    box_given: Sequence[np.ndarray | None] | None,
+) -> tuple[list[np.ndarray], list[InstancePrompts]]:
+    """Every image's ``(N_i, 4)`` float64 boxes and its ``InstancePrompts``, checked (a predictor's ``predict``
+    arguments: one box array per image, and per image None or one entry per box for ``points`` and ``box_given``).
+
+    Raises:
+        ValueError: ``images`` and ``boxes_xyxy`` differ in length, or a box or point array is malformed.
+    """
+    if len(images) != len(boxes_xyxy):
+        raise ValueError(f"got {len(images)} images but {len(boxes_xyxy)} box arrays; pass one array per image")
+    boxes = [validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
+    no_entries: list[None] = [None] * len(images)
+    prompts = [
+        instance_prompts(len(b), (points or no_entries)[i], (box_given or no_entries)[i], i)
+        for i, b in enumerate(boxes)
+    ]
+    return boxes, prompts
+
+
+def prompt_arrays(
+    prompts: Sequence[Detections],
+) -> tuple[list[np.ndarray], list[tuple[np.ndarray, ...] | None], list[np.ndarray | None]]:
+    """``(boxes_xyxy, points, box_given)`` per image of the pipeline's ``Detections``, as ``predict`` takes them."""
+    return [p.xyxy for p in prompts], [p.points for p in prompts], [p.box_given for p in prompts]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
-from autoannotate.segmenters.prompting import InstancePrompts, instance_prompts, validated_boxes
+from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam_transforms import (
     LOW_RES_SIZE,
     SAM_IMAGE_SIZE,
@@ -397,13 +397,8 @@ class BoxSegmenter:
         Raises:
             ValueError: As ``predict``.
         """
-        results = self.predict(
-            prepared,
-            [p.xyxy for p in prompts],
-            points=[p.points for p in prompts],
-            box_given=[p.box_given for p in prompts],
-        )
-        return [result.to_masks() for result in results]
+        boxes_xyxy, points, box_given = prompt_arrays(prompts)
+        return [result.to_masks() for result in self.predict(prepared, boxes_xyxy, points=points, box_given=box_given)]
 
     def predict(
         self,
@@ -430,13 +425,7 @@ class BoxSegmenter:
         Raises:
             ValueError: ``images`` and ``boxes_xyxy`` differ in length, or boxes are not finite ``(N, 4)`` arrays.
         """
-        if len(images) != len(boxes_xyxy):
-            raise ValueError(f"got {len(images)} images but {len(boxes_xyxy)} box arrays; pass one array per image")
-        boxes_per_image = [validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
-        prompts_per_image = [
-            instance_prompts(len(b), (points or [None] * len(images))[i], (box_given or [None] * len(images))[i], i)
-            for i, b in enumerate(boxes_per_image)
-        ]
+        boxes_per_image, prompts_per_image = checked_prompts(images, boxes_xyxy, points, box_given)
         results: list[SegmentationResult | None] = [
             None if len(b) else SegmentationResult.empty(img.original_hw, img.input_hw)
             for img, b in zip(images, boxes_per_image, strict=True)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
-from autoannotate.segmenters.prompting import InstancePrompts, instance_prompts, validated_boxes
+from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam import default_batch_size, default_decoder_batch_size
 from autoannotate.segmenters.sam_transforms import SegmentationResult, postprocess_in_chunks
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, weights_source
@@ -350,13 +350,8 @@ class Sam2Segmenter:
     def segment(self, prepared: Sequence[Sam2Prepared], prompts: Sequence[Detections]) -> list[Masks]:
         """Segment every instance of every image (``predict``) as ``types.Masks``: ``scores`` the predicted IoU,
         ``stability`` of each instance's low-res logits, in each image's original frame."""
-        results = self.predict(
-            prepared,
-            [p.xyxy for p in prompts],
-            points=[p.points for p in prompts],
-            box_given=[p.box_given for p in prompts],
-        )
-        return [result.to_masks() for result in results]
+        boxes_xyxy, points, box_given = prompt_arrays(prompts)
+        return [result.to_masks() for result in self.predict(prepared, boxes_xyxy, points=points, box_given=box_given)]
 
     def predict(
         self,
@@ -380,13 +375,7 @@ class Sam2Segmenter:
             One ``SegmentationResult`` per image (``stretched``: the logits cover the whole resized image), masks
             aligned 1:1 with the instances.
         """
-        if len(images) != len(boxes_xyxy):
-            raise ValueError(f"got {len(images)} images but {len(boxes_xyxy)} box arrays; pass one array per image")
-        boxes_per_image = [validated_boxes(b, i) for i, b in enumerate(boxes_xyxy)]
-        prompts_per_image = [
-            instance_prompts(len(b), (points or [None] * len(images))[i], (box_given or [None] * len(images))[i], i)
-            for i, b in enumerate(boxes_per_image)
-        ]
+        boxes_per_image, prompts_per_image = checked_prompts(images, boxes_xyxy, points, box_given)
         frame = (self.image_size, self.image_size)
         results: list[SegmentationResult | None] = [
             None if len(b) else SegmentationResult.empty(img.original_hw, frame)
