@@ -48,6 +48,10 @@ MAX_CONFIG_BYTES = 1024 * 1024
 #: LVIS minival mAP 36.8 with text prompts at 88 GFLOPs, against 39.5 for YOLOE-26X at 197; see README).
 DEFAULT_DETECTOR = "yolo11x.pt"
 DEFAULT_OPEN_VOCAB_DETECTOR = "yoloe-26l-seg.pt"
+#: Highest ``--fps``: far above any camera's frame rate (a 1000 fps slot is 1 ms), so a typo such as 2e9 is refused.
+MAX_SAMPLE_FPS = 1000.0
+#: Highest ``--every`` and ``--max-frames``: a billion frames is over a year of 30 fps video.
+MAX_FRAME_COUNT = 1_000_000_000
 #: Most class prompts a run takes (a vocabulary far beyond any dataset's; YOLO-World and YOLOE embed them in
 #: chunks of 80), and the longest prompt, in characters.
 MAX_PROMPTS, MAX_PROMPT_CHARS = 10_000, 300
@@ -306,16 +310,17 @@ def check_prompts(items: Sequence[str], where: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class InputSettings:
-    """Which images a run reads."""
+    """Which images and videos a run reads."""
 
     data: str = option(
         "",
-        help="Images: a directory (recursive), one image, a .txt list of paths, a quoted glob, or '-' for paths on"
-        " stdin (one per line, or NUL-separated as find -print0 writes them: detected by the NUL byte).",
+        help="Images and videos: a directory (recursive), one image or video, a .txt list of paths, a quoted glob, or"
+        " '-' for paths on stdin (one per line, or NUL-separated as find -print0 writes them: detected by the NUL"
+        " byte).",
         required=True,
         order=10,
-        yaml_help='images: a directory (recursive), one image, a .txt list of paths, a glob, or "-" for stdin'
-        " (required)",
+        yaml_help='images and videos: a directory (recursive), one file, a .txt list of paths, a glob, or "-" for'
+        " stdin (required)",
     )
     shard: str | None = option(
         None,
@@ -331,6 +336,69 @@ class InputSettings:
         _check(bool(self.data), "data", self.data, "a directory, image, .txt list, glob or '-'")
         if self.shard is not None:
             parse_shard(self.shard)
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """Which frames of the videos in ``--data`` become dataset images, and how they are written."""
+
+    every: int = option(
+        0,
+        help="Videos: keep every Nth frame (frame index divisible by N).",
+        shown_default="every frame, or --fps",
+        order=12,
+        yaml_help="videos: keep every Nth frame; 0 = every frame (or fps)",
+    )
+    fps: float = option(
+        0.0,
+        help="Videos: keep F frames per second of video, by timestamp (variable frame rates sample evenly); instead"
+        " of --every.",
+        shown_default="off",
+        order=13,
+        yaml_help="videos: keep this many frames per second, by timestamp; 0 = off (use every)",
+    )
+    max_frames: int = option(
+        0,
+        help="Videos: keep at most M frames per video (the first M the sampling picks).",
+        shown_default="no limit",
+        order=14,
+        yaml_help="videos: at most this many frames per video; 0 = no limit",
+    )
+    skip_similar: float = option(
+        0.0,
+        help="Videos: skip a frame whose mean absolute difference from the last kept frame (grey 64-px thumbnails,"
+        " 0..1) is below T, e.g. 0.02.",
+        shown_default="off",
+        order=15,
+        yaml_help="videos: skip frames closer than this to the last kept one (mean abs difference, 0..1); 0 = off",
+    )
+    jpeg_quality: int = option(
+        95,
+        help="Videos: JPEG quality (1-100) of the frames written to OUT/images; labels are made on the JPEG's pixels.",
+        label=True,
+        label_when_set=True,
+        order=16,
+        yaml_help="videos: JPEG quality of the frames written to images/ (1-100)",
+    )
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.every <= MAX_FRAME_COUNT, "every", self.every, "a number of frames >= 0 (0 = every frame)")
+        _check(
+            math.isfinite(self.fps) and 0.0 <= self.fps <= MAX_SAMPLE_FPS,
+            "fps",
+            self.fps,
+            f"frames per second, more than 0 and at most {MAX_SAMPLE_FPS:g} (0 = off)",
+        )
+        _check(0 <= self.max_frames <= MAX_FRAME_COUNT, "max_frames", self.max_frames, "a number of frames >= 0")
+        _check(
+            math.isfinite(self.skip_similar) and 0.0 <= self.skip_similar <= 1.0,
+            "skip_similar",
+            self.skip_similar,
+            "a number in [0, 1] (0 = off)",
+        )
+        _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "an integer from 1 to 100")
+        if self.every > 1 and self.fps > 0:
+            raise ConfigError("--every and --fps both choose the frames of a video; give one of them")
 
 
 @dataclass(frozen=True)
@@ -681,6 +749,7 @@ class RunSettings:
     ``auto_annotate``. Each stage field is declared with ``default_factory=`` its dataclass (``stage_classes``)."""
 
     inputs: InputSettings = field(default_factory=InputSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
     prompts: PromptSettings = field(default_factory=PromptSettings)
     segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
     polygons: PolygonSettings = field(default_factory=PolygonSettings)

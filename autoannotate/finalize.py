@@ -40,13 +40,14 @@ def in_val(rel_path: PurePosixPath, fraction: float) -> bool:
 
 def split_lists(dataset: list[DatasetEntry], layout: DatasetLayout, fraction: float) -> tuple[str, str]:
     """train.txt and val.txt: each item's path as the dataset holds it (``InputItem.dataset_path``), relative to the
-    output dir, ``fraction`` of them (chosen by path) in val."""
+    output dir, ``fraction`` of them (chosen by path) in val. The frames of one video go to one side together
+    (``InputItem.group``): neighbouring frames on both sides would leak the val set into training."""
     train: list[str] = []
     val: list[str] = []
     for entry in sorted(dataset, key=lambda d: d.rel_path.as_posix()):
         path = entry.item.dataset_path(layout)
         shown = "./" + os.path.relpath(path, layout.output_dir).replace(os.sep, "/")
-        (val if in_val(entry.rel_path, fraction) else train).append(shown)
+        (val if in_val(entry.item.group, fraction) else train).append(shown)
     return "".join(f"{p}\n" for p in train), "".join(f"{p}\n" for p in val)
 
 

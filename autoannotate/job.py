@@ -24,8 +24,10 @@ from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLa
 from autoannotate.engines import EngineRun, engine_entry
 from autoannotate.errors import OutputError
 from autoannotate.finalize import DatasetEntry, coco_text, split_lists, write_preview_files
-from autoannotate.inputs import InputItem, kind_for
-from autoannotate.inputs.listing import SourceSpec, iter_items, resolve_data
+from autoannotate.inputs import InputItem, ListingContext, kind_for
+from autoannotate.inputs.listing import SourceSpec, estimate_items, iter_items, resolve_data
+from autoannotate.inputs.video import VideoOptions, frame_from_record
+from autoannotate.inputs.video_sampling import VideoSampling
 from autoannotate.lock import OutputLock, acquire_output_lock
 from autoannotate.models import Models, load_models
 from autoannotate.resume import (
@@ -33,6 +35,7 @@ from autoannotate.resume import (
     Journal,
     LabelEntry,
     PreviousRun,
+    VideoBook,
     bytes_sha256,
     bytes_sha256_of,
     load_previous,
@@ -55,7 +58,7 @@ PREVIEWS_DIR = "previews"
 class Summary:
     """Counts and timings of a finished run (the ``--json`` summary event, minus ``event``)."""
 
-    images: int
+    images: int  # images and video frames
     labeled: int  # label files written (ok + empty)
     instances: int
     failed: int
@@ -73,6 +76,8 @@ class Summary:
     coco_json: str | None = None
     previews: str | None = None
     prompts: list[str] | None = None  # the class prompts of an open-vocabulary run (data.yaml's names), else None
+    videos: int = 0  # video files this run read (or found done)
+    frames: int = 0  # of ``images``, the video frames
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -127,9 +132,24 @@ class AnnotationJob:
             self._lock.release()
             self._lock = None
 
-    def images(self) -> Iterator[InputItem]:
-        """The input items of this run (this shard's, with ``--shard``), streaming."""
-        return (item for item in iter_items(self.spec) if in_shard(item.rel_path, self.shard))
+    def video_options(self) -> VideoOptions:
+        v = self.settings.video
+        sampling = VideoSampling(
+            every=max(1, v.every), fps=v.fps or None, max_frames=v.max_frames, skip_similar=v.skip_similar
+        )
+        return VideoOptions(sampling, v.jpeg_quality)
+
+    def images(self, book: VideoBook | None = None) -> Iterator[InputItem]:
+        """The input items of this run (this shard's, with ``--shard``: by file, so a video is one unit), streaming:
+        one per image, one per kept video frame. ``book``: the run's record of video scans (resume)."""
+        context = ListingContext(self.layout, self.video_options(), book)
+        return iter_items(self.spec, context, keep=lambda rel_path: in_shard(rel_path, self.shard))
+
+    def estimate(self) -> tuple[int, bool]:
+        """How many items ``images`` yields, from the files' headers: ``(count, whether videos are among them)``
+        (a video counts its frames to be kept, estimated from its frame count: an upper bound)."""
+        context = ListingContext(self.layout, self.video_options(), None)
+        return estimate_items(self.spec, context, keep=lambda rel_path: in_shard(rel_path, self.shard))
 
     def acquire(self) -> None:
         """Create the output dir and lock it for this run (or shard); a whole run also removes the temporary files
@@ -148,8 +168,9 @@ class AnnotationJob:
                 with contextlib.suppress(OSError):
                     if TEMP_PATTERN.fullmatch(name) and stat.S_ISREG(os.lstat(path).st_mode):
                         path.unlink()
-            for tree in (self.layout.label_root, out / PREVIEWS_DIR):
-                if tree.is_dir():
+            frames = out / "images" if self.layout.link == "files" else None  # video frames are written there
+            for tree in (self.layout.label_root, out / PREVIEWS_DIR, frames):
+                if tree is not None and tree.is_dir():
                     remove_stale_temps(tree)
 
     def load(self) -> Models:
@@ -273,10 +294,13 @@ class AnnotationJob:
         owned = set(previous.owned)
         counts = dict.fromkeys(("images", *Status, "instances", "empty_masks"), 0)
         counts["dropped"] = 0
+        videos: set[str] = set()  # video files seen (by their frames or their failure)
+        frames = 0
         done: dict[str, DatasetEntry] = {}  # by label key, this run's
         files: dict[str, str] = {}  # whole-dataset files and their sha256, for the manifest
 
         def manifest(state: str) -> dict[str, Any]:
+            video_records = book.snapshot() if book is not None else {}
             return {
                 "tool": "autoannotate",
                 "version": __version__,
@@ -298,6 +322,8 @@ class AnnotationJob:
                 "files": dict(sorted(files.items())),
                 # labels an earlier run owned but which are not known done stay listed, so they stay ours
                 "labels": {key: (entries[key].to_dict() if key in entries else {}) for key in sorted(owned)},
+                # video scans (absent without videos, so that an image run's manifest reads as it always has)
+                **({"videos": video_records} if video_records else {}),
             }
 
         files.update(self._still_ours(previous))
@@ -308,12 +334,14 @@ class AnnotationJob:
             files[self.files.embeddings] = bytes_sha256(self._embeddings_npz)
             engine_settings = with_saved_embeddings(s, out / self.files.embeddings)
         manifest_path = out / self.files.manifest
+        book: VideoBook | None = None
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
+        book = VideoBook(previous, journal, self.layout, fingerprint, overwrite=s.output.overwrite)
         items: dict[PurePosixPath, InputItem] = {}  # by key, as listed: the whole-dataset files read them again
 
         def listed() -> Iterator[InputItem]:
-            for item in self.images():
+            for item in self.images(book):
                 items[item.rel_path] = item
                 yield item
 
@@ -329,6 +357,9 @@ class AnnotationJob:
         try:
             for outcome in outcomes:
                 item = items.pop(outcome.rel_path, None)
+                if outcome.frame is not None or (item is not None and item.kind == "video"):
+                    videos.add(str(outcome.frame["video"]) if outcome.frame is not None else outcome.origin)
+                    frames += outcome.frame is not None
                 counts["images"] += 1
                 counts[outcome.status] += 1
                 counts["instances"] += outcome.instances
@@ -348,11 +379,12 @@ class AnnotationJob:
                             fingerprint,
                             *signature,
                             outcome.label_sha256,
+                            outcome.frame,
                         )
                         owned.add(key)
-                        rows = instance_rows(outcome.origin, key, outcome.quality, models.names)
+                        rows = instance_rows(outcome.origin, key, outcome.quality, models.names, outcome.frame)
                     if item is None:  # not listed by this run (cannot happen): rebuilt from its origin
-                        item = kind_for(Path(outcome.origin)).item(Path(outcome.origin), outcome.rel_path)
+                        item = _earlier_item(Path(outcome.origin), outcome.rel_path, outcome.frame)
                     done[key] = DatasetEntry(item, key, outcome.resolution_wh, rows, outcome.label_text)
                 yield outcome
                 if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
@@ -360,7 +392,7 @@ class AnnotationJob:
                     last_checkpoint = time.monotonic()
             dataset = list(done.values())
             if self.shard is None:
-                removed = self._forget_vanished(previous, entries, owned, done)
+                removed = self._forget_vanished(previous, entries, owned, done, book)
                 dataset += self._untouched(previous, entries, done)
                 dataset.sort(key=lambda d: d.label_key)
             changed = removed > 0 or any(counts[k] for k in (Status.OK, Status.EMPTY))
@@ -414,6 +446,8 @@ class AnnotationJob:
             coco_json=str(out / COCO_NAME) if COCO_NAME in files and s.output.coco else None,
             previews=str(out / PREVIEWS_DIR) if s.output.preview and self.shard is None else None,
             prompts=list(record["names"]) if (record := models.prompt_record) is not None else None,
+            videos=len(videos),
+            frames=frames,
         )
 
     @property
@@ -434,21 +468,41 @@ class AnnotationJob:
         return kept
 
     def _forget_vanished(
-        self, previous: PreviousRun, entries: dict[str, LabelEntry], owned: set[str], done: dict[str, DatasetEntry]
+        self,
+        previous: PreviousRun,
+        entries: dict[str, LabelEntry],
+        owned: set[str],
+        done: dict[str, DatasetEntry],
+        book: VideoBook | None = None,
     ) -> int:
         """Labels of ours whose image is gone: remove the label (unless a person edited it), its image link and its
-        manifest entry. Returns how many were removed. Only a whole run does this (it alone holds the dir)."""
+        manifest entry. A video frame's image is gone when its video is, or when this run read its video to the end
+        without keeping that frame (another sampling, another file): its JPEG goes too. Returns how many were
+        removed. Only a whole run does this (it alone holds the dir)."""
         out = self.layout.output_dir
-        removed = 0
+        removed = frames = 0
+        # the frames kept by this run's scans that reached their video's end: any other frame of those is not kept
+        scanned = {video: book.kept_indices(video) for video in book.ended} if book is not None else {}
         for key, entry in sorted(entries.items()):
-            if key in done or os.path.lexists(entry.image):  # the item's origin (an image file) is still there
+            if key in done:
+                continue
+            if entry.frame is None:
+                if os.path.lexists(entry.image):  # the item's origin (an image file) is still there
+                    continue
+            elif not _frame_gone(entry.frame, scanned):
                 continue
             label = out / key
             digest = bytes_sha256_of(label) if label.is_file() else None
             if digest is not None and entry.sha256 is not None and digest != entry.sha256:
                 continue  # a person's label: theirs to remove
             rel_path = self._rel_path_of(key, entry)
-            if self.layout.link == "files" and rel_path is not None:
+            if entry.frame is not None:
+                frame_image = Path(entry.image)  # the frame's JPEG, ours while it has the bytes we wrote
+                if frame_image.is_file() and bytes_sha256_of(frame_image) == entry.frame.get("image_sha256"):
+                    with contextlib.suppress(OSError):
+                        frame_image.unlink()
+                frames += 1
+            elif self.layout.link == "files" and rel_path is not None:
                 link = self.layout.image_link_path(rel_path)
                 if link.is_symlink() and not link.exists():  # only our dangling link, never a file
                     with contextlib.suppress(OSError):
@@ -458,8 +512,13 @@ class AnnotationJob:
             del entries[key]
             owned.discard(key)
             removed += 1
-        if removed:
-            self.notices.append(f"removed {removed} label(s) whose image no longer exists")
+        if removed > frames:
+            self.notices.append(f"removed {removed - frames} label(s) whose image no longer exists")
+        if frames:
+            self.notices.append(
+                f"removed {frames} video frame(s), label and image, that their video no longer gives (the video is"
+                " gone, changed, or sampled otherwise)"
+            )
         return removed
 
     def _untouched(
@@ -477,8 +536,8 @@ class AnnotationJob:
             rows = previous.rows.get(key, [])
             if entry.sha256 is not None and bytes_sha256_of(out / key) != entry.sha256:
                 rows = []  # edited by a person since
-            # an earlier run's item: rebuilt by the input kind that reads its origin
-            item = kind_for(Path(entry.image)).item(Path(entry.image), rel_path)
+            # an earlier run's item: a frame from its record, else rebuilt by the input kind that reads its origin
+            item = _earlier_item(Path(entry.image), rel_path, entry.frame)
             rest.append(DatasetEntry(item, key, None, rows))
         return rest
 
@@ -571,6 +630,23 @@ class AnnotationJob:
             raise OutputError(f"{str(path)!r} is a directory; choose another --output-dir")
         write_text_atomic(path, text)
         return path
+
+
+def _frame_gone(frame: dict[str, Any], scanned: dict[str, set[int]]) -> bool:
+    """Whether an earlier run's video frame is no longer part of the dataset: its video is gone, or this run read the
+    video to its end (``scanned``: video -> frame indices kept) without keeping that frame (another sampling,
+    another file). A frame this run kept stays, even if annotating it failed now."""
+    video = str(frame.get("video", ""))
+    if not os.path.lexists(video):
+        return True
+    return video in scanned and frame.get("index") not in scanned[video]
+
+
+def _earlier_item(image: Path, rel_path: PurePosixPath, frame: dict[str, Any] | None) -> InputItem:
+    """The item of a label made earlier: a video frame from its record, else what the image's kind makes of it."""
+    if frame is not None:
+        return frame_from_record(image, rel_path, frame)
+    return next(kind_for(image).items(image, rel_path, ListingContext()))
 
 
 def _prompt_fingerprint(record: dict[str, Any]) -> dict[str, Any]:

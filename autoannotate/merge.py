@@ -56,9 +56,12 @@ def merge_shards(output_dir: Path) -> MergeReport:
     shards = {index: manifest for index, (_, manifest) in manifests.items()}
     _refuse_mixed_settings(shards)
     labels: dict[str, Any] = {}
+    videos: dict[str, Any] = {}  # a video is one shard's: each shard's video scans, side by side
     totals = _sum_counts(shards)
     for index in sorted(shards):
         labels.update(shards[index]["labels"])
+        if isinstance(shards[index].get("videos"), dict):
+            videos.update(shards[index]["videos"])
     rows: dict[str, list[dict[str, Any]]] = {}
     for index in sorted(shards):  # only the found shards' sidecars: not those of a split into another N
         rows.update(read_sidecar_rows(output_dir / f"instances.shard-{index}-of-{count}.jsonl"))
@@ -78,6 +81,7 @@ def merge_shards(output_dir: Path) -> MergeReport:
         # instances.jsonl is ours while its bytes are these: a later run or merge may replace it
         "files": {SIDECAR_NAME: bytes_sha256(sidecar_text.encode("utf-8"))},
         "labels": dict(sorted(labels.items())),
+        **({"videos": dict(sorted(videos.items()))} if videos else {}),
     }
     manifest_path = output_dir / MANIFEST_NAME
     _refuse_foreign_outputs(output_dir)

@@ -27,7 +27,7 @@ from autoannotate.inputs.base import InputItem
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.prompts.base import PromptSource
 from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy
-from autoannotate.resume import Journal, LabelEntry, PreviousRun, bytes_sha256, bytes_sha256_of
+from autoannotate.resume import Journal, LabelEntry, LabelState, PreviousRun, bytes_sha256, label_state
 from autoannotate.segmenters.base import Segmenter
 from autoannotate.types import Detections, ImageOutcome, Masks, Status
 from autoannotate.writers.atomic import write_text_atomic
@@ -149,27 +149,21 @@ class Annotator:
     def _check(self, source: InputItem, duplicate_error: str | None) -> _Item:
         """Decide whether an image is skipped (done before), refused (a label that is not ours) or to be done."""
         label_path = self.layout.label_path(source.rel_path)
-        item = _Item(source, label_path, error=duplicate_error)
-        if duplicate_error is not None:
+        item = _Item(source, label_path, error=source.failure or duplicate_error)
+        if item.error is not None:
             return item
         if "\n" in source.rel_path.as_posix() or "\r" in source.rel_path.as_posix():
             item.error = "its path has a line break, which the dataset's image lists cannot hold; rename it"
             return item
         item.key = key = self.layout.label_key(source.rel_path)
         item.signature = source.signature()
-        if not self.overwrite and (label_path.exists() or label_path.is_symlink()):
-            done = self.previous.entries.get(key)
-            if key not in self.previous.owned:
-                item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
-            elif done is not None and done.sha256 is not None and bytes_sha256_of(label_path) != done.sha256:
-                item.edited = True
-            elif (
-                done is not None
-                and done.fingerprint == self.fingerprint
-                and (done.image_size, done.image_mtime_ns) == item.signature
-                and label_path.is_file()
-            ):
-                item.skipped = done
+        state = label_state(self.previous, key, label_path, self.fingerprint, item.signature, overwrite=self.overwrite)
+        if state is LabelState.THEIRS:
+            item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
+        elif state is LabelState.EDITED:
+            item.edited = True
+        elif state is LabelState.DONE and source.in_dataset(self.layout):
+            item.skipped = self.previous.entries[key]
         return item
 
     def process_batch(self, sources: Sequence[InputItem], duplicate_errors: Sequence[str | None]) -> list[ImageOutcome]:
@@ -322,11 +316,12 @@ class Annotator:
             if self.journal is not None:
                 self.journal.pending(item.key)
             write_text_atomic(item.label_path, text)
+            frame = item.source.frame_record()  # after place(): a frame's JPEG digest is known once written
             if self.journal is not None and item.signature is not None:
                 entry = LabelEntry(
-                    item.source.origin, status, len(lines), self.fingerprint, *item.signature, label_sha256
+                    item.source.origin, status, len(lines), self.fingerprint, *item.signature, label_sha256, frame
                 )
-                rows = instance_rows(item.source.origin, item.key, quality, self.class_names)
+                rows = instance_rows(item.source.origin, item.key, quality, self.class_names, frame)
                 self.journal.done(item.key, entry, rows)
         except OutputError as err:
             if err.errno in _FATAL_WRITE_ERRNOS:  # every further write would fail too: stop with one line
@@ -344,6 +339,7 @@ class Annotator:
             quality=tuple(quality),
             label_sha256=label_sha256,
             label_text=text,
+            frame=frame,
         )
 
     def _decode(self, source: InputItem) -> tuple[np.ndarray, Any]:
@@ -396,11 +392,15 @@ def _count_lines(path: Path) -> int:
 
 
 def _outcome(item: _Item, status: Status, **fields: Any) -> ImageOutcome:
+    fields.setdefault("frame", item.source.frame_record())
     return ImageOutcome(item.source.rel_path, item.source.origin, status, signature=item.signature, **fields)
 
 
 def claim(layout: DatasetLayout, source: InputItem, claimed: set[Path]) -> str | None:
-    """Reserve the image's label path in ``claimed``; the reason it cannot have one, if another image has it."""
+    """Reserve the image's label path in ``claimed``; the reason it cannot have one, if another image has it. An item
+    that failed when it was listed (``failure``) has no label and claims nothing."""
+    if source.failure is not None:
+        return None
     label_path = layout.label_path(source.rel_path)
     if label_path in claimed:
         return (

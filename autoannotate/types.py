@@ -167,6 +167,7 @@ class ImageOutcome:
     label_sha256: str | None = None  # of the label file's bytes, when this run wrote it
     label_text: str | None = field(default=None, repr=False)  # the label file's text, when this run wrote it
     signature: tuple[int, int] | None = None  # the item's resume signature when it was admitted
+    frame: dict[str, Any] | None = None  # a video frame's record (``video``, ``index``, ``t``, ``image_sha256``)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (plain types only): what a distributed worker sends back to the driver."""
@@ -197,4 +198,5 @@ class ImageOutcome:
             label_sha256=data.get("label_sha256"),
             label_text=data.get("label_text"),
             signature=(int(signature[0]), int(signature[1])) if signature is not None else None,
+            frame=dict(data["frame"]) if isinstance(data.get("frame"), dict) else None,
         )

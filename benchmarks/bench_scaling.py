@@ -58,6 +58,7 @@ from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.runtime.allocator import tune_host_allocator
 from autoannotate.runtime.device import apply_threads, plan_compute, select_device
 from autoannotate.segmenters.sam import BoxSegmenter, default_decoder_batch_size
+from autoannotate.segmenters.sam_decoder import shared_image_decoder
 from autoannotate.segmenters.sam_transforms import (
     SAM_IMAGE_SIZE,
     SegmentationResult,
@@ -199,20 +200,27 @@ def decoder_only_s(segmenter: BoxSegmenter, embedding: torch.Tensor, boxes_1024:
     model = segmenter.model
     boxes = torch.as_tensor(boxes_1024, dtype=torch.float32, device=segmenter.device)
 
+    shared = shared_image_decoder(model.mask_decoder)  # the forward segment() runs, image side once per image
+
     def run() -> None:
         with torch.inference_mode():
             image_pe = model.prompt_encoder.get_dense_pe()
             chunk = default_decoder_batch_size(segmenter.device)
+            side = None
             for start in range(0, len(boxes), chunk):
                 sparse, dense = model.prompt_encoder(points=None, boxes=boxes[start : start + chunk], masks=None)
                 with autocast_if(segmenter.half):
-                    model.mask_decoder(
-                        image_embeddings=embedding,
-                        image_pe=image_pe,
-                        sparse_prompt_embeddings=sparse,
-                        dense_prompt_embeddings=dense,
-                        multimask_output=False,
-                    )
+                    if shared is not None:
+                        side = side or shared.image_side(embedding, image_pe, dense[:1])
+                        shared(side, sparse)
+                    else:
+                        model.mask_decoder(
+                            image_embeddings=embedding,
+                            image_pe=image_pe,
+                            sparse_prompt_embeddings=sparse,
+                            dense_prompt_embeddings=dense,
+                            multimask_output=False,
+                        )
 
     return timed(run, repeats)[0]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -65,3 +68,58 @@ def write_stand_in_text_encoder(path: Path, dim: int = 512, seed: int = 0) -> Pa
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.script(Encoder()).save(str(path))
     return path
+
+
+def moving_scene_bgr(index: int, hw: tuple[int, int] = (48, 80), static_from: int | None = None) -> np.ndarray:
+    """Frame ``index`` of a synthetic clip: a grey background with an orange box moving 3 px a frame and a blue disc
+    bobbing; from ``static_from`` on the scene stops (every frame equals frame ``static_from``)."""
+    if static_from is not None and index > static_from:
+        index = static_from
+    h, w = hw
+    image = np.full((h, w, 3), 60, np.uint8)
+    x = 2 + (index * 3) % max(1, w - 24)
+    cv2.rectangle(image, (x, h // 5), (x + 18, h // 5 + 16), (0, 160, 255), -1)
+    cv2.circle(image, (w // 2, h // 2 + int(h // 6 * np.sin(index / 3))), max(3, h // 8), (255, 90, 20), -1)
+    return image
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: str | None = None) -> Path:
+    """Write ``frames`` (HxWx3 uint8 BGR, one size) with OpenCV: MJPG for .avi and .mkv (intra frames: a static run
+    decodes to identical frames), mp4v otherwise."""
+    code = fourcc or ("MJPG" if path.suffix.lower() in (".avi", ".mkv") else "mp4v")
+    h, w = frames[0].shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*code), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a video as OpenCV decodes it."""
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def sigkill_after_labels(command: list[str], labels: Path, count: int, timeout_s: float = 600) -> None:
+    """Start ``command``, SIGKILL it as soon as ``labels`` holds ``count`` label files, and wait for it; fails the
+    test when the run finishes (or the time runs out) before that."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list(labels.rglob("*.txt"))) >= count:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -148,7 +148,8 @@ def test_data_required():
 
 # The flat view: the manifest's "settings" keys, in this order, since before the settings had stages.
 FLAT_KEYS = [
-    "data", "det_model", "prompts", "prompts_file", "exemplars", "prompt_embeddings", "sam_model", "conf", "iou",
+    "data", "every", "fps", "max_frames", "skip_similar", "jpeg_quality",
+    "det_model", "prompts", "prompts_file", "exemplars", "prompt_embeddings", "sam_model", "conf", "iou",
     "imgsz", "max_det", "classes", "agnostic_nms", "device", "batch",
     "output_dir", "tolerance", "min_area", "polygon", "half", "min_mask_score", "boxes_from", "points_from", "names",
     "coco",

@@ -522,7 +522,7 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
     good = sorted([*odd, *refs.values(), *names])
 
     before = _tree_state(data)
-    real_walk = sources._walk_images
+    real_walk = sources._walk_files
 
     def walk_then_delete(root: Path) -> Iterator[Path]:
         for path in real_walk(root):
@@ -530,7 +530,7 @@ def test_hostile_tree_in_one_run(tmp_path: Path, models: list[str], huge_png: Pa
                 path.unlink()
             yield path
 
-    monkeypatch.setattr(sources, "_walk_images", walk_then_delete)
+    monkeypatch.setattr(sources, "_walk_files", walk_then_delete)
     result = runner.invoke(app, ["run", "--data", str(data), "--json", *models])
 
     assert result.exit_code == 1, result.output

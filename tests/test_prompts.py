@@ -268,9 +268,18 @@ def test_exemplars_set_the_classes_resume_and_redo_on_a_changed_exemplar(
 
     code, events, _ = _run(args)
     assert code == 0 and events[-1]["skipped"] == 3
+    before = json.loads((out / "autoannotate.json").read_text())["prompts"]
     (exemplars / "labels" / "a.txt").write_text("0 0.5 0.5 0.6 0.4\n1 0.2 0.25 0.2 0.3\n")  # one box changed
     code, events, output = _run(args)
-    assert code == 0 and events[-1]["skipped"] == 0 and events[-1]["labeled"] == 3, output
+    after = json.loads((out / "autoannotate.json").read_text())["prompts"]
+    assert code == 0 and after["exemplars_sha256"] != before["exemplars_sha256"], output  # the change is seen
+    # labels follow the embeddings the exemplars give: new embeddings redo every label. A random-weight YOLOE's
+    # visual-prompt head can be saturated on some CPUs (every box gives the same vector to 1e-7): then the labels
+    # cannot change, and skipping them is right
+    if after["embeddings_sha256"] != before["embeddings_sha256"]:
+        assert events[-1]["skipped"] == 0 and events[-1]["labeled"] == 3, output
+    else:
+        assert events[-1]["skipped"] == 3, output
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,8 @@ def _events(stdout: str, out: Path) -> list[dict]:
         event = json.loads(line)
         if event["event"] == "image" and event["label"]:
             event["label"] = str(Path(event["label"]).relative_to(out))
+        if event["event"] == "image" and "video" in event:  # a frame's image is its JPEG inside the output dir
+            event["path"] = str(Path(event["path"]).relative_to(out))
         if event["event"] == "summary":
             event = {k: v for k, v in event.items() if k not in ("seconds", "images_per_s", "output_dir", "data_yaml")}
         events.append(event)
@@ -48,8 +50,14 @@ def _events(stdout: str, out: Path) -> list[dict]:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    names = ["labels/**/*.txt", "data.yaml", "instances.jsonl"]
-    return {p.relative_to(root).as_posix(): p.read_bytes() for pattern in names for p in sorted(root.glob(pattern))}
+    """Labels, video frames, data.yaml and instances.jsonl (where a frame's image is named inside its output dir:
+    the dir's path is replaced by ``<OUT>``)."""
+    names = ["labels/**/*.txt", "images/**/*.jpg", "data.yaml", "instances.jsonl"]
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes().replace(str(root).encode(), b"<OUT>")
+        for pattern in names
+        for p in sorted(root.glob(pattern))
+    }
 
 
 @pytest.fixture
@@ -64,31 +72,41 @@ def local_ray():
 
 
 def test_ray_engine_matches_local_engine(tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path, local_ray):
+    from helpers import moving_scene_bgr, write_video
+
     data = tmp_path / "imgs"
     _images(data)
     (data / "set1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")  # a failed image: exit 1
+    write_video(data / "set0" / "clip.avi", [moving_scene_bgr(i) for i in range(6)])  # frames 0, 2, 4 (--every 2)
+    on_ray = ("--engine", "ray", "--ray-workers", "2", "--every", "2")
     started = time.perf_counter()
-    local = _run(data, tmp_path / "local", yolo_weights, mobile_sam_weights)
+    local = _run(data, tmp_path / "local", yolo_weights, mobile_sam_weights, "--every", "2")
     local_seconds = time.perf_counter() - started
     assert local.exit_code == 1, local.output
     started = time.perf_counter()
-    distributed = _run(
-        data, tmp_path / "ray", yolo_weights, mobile_sam_weights, "--engine", "ray", "--ray-workers", "2"
-    )
+    distributed = _run(data, tmp_path / "ray", yolo_weights, mobile_sam_weights, *on_ray)
     ray_seconds = time.perf_counter() - started
     assert distributed.exit_code == 1, distributed.output
     assert local_ray.is_initialized()  # the caller's Ray: used, not shut down
-    print(f"\nwall time, 4 images: local engine {local_seconds:.1f} s, ray engine (2 CPU workers) {ray_seconds:.1f} s")
+    print(
+        f"\nwall time, 4 images and 3 frames: local engine {local_seconds:.1f} s,"
+        f" ray engine (2 CPU workers) {ray_seconds:.1f} s"
+    )
     assert _tree(tmp_path / "ray") == _tree(tmp_path / "local")  # byte for byte
-    assert len(_tree(tmp_path / "local")) == 6
+    frames = {name for name in _tree(tmp_path / "local") if "clip.avi" in name}
+    assert frames == {  # each kept frame's JPEG and label
+        f"{kind}/set0/clip.avi/clip_{index:06d}.{suffix}"
+        for kind, suffix in (("images", "jpg"), ("labels", "txt"))
+        for index in (0, 2, 4)
+    }
     events = _events(distributed.stdout, tmp_path / "ray")  # every stdout line is JSON
     assert events == _events(local.stdout, tmp_path / "local")
     assert [e["status"] for e in events if e["event"] == "image"].count("failed") == 1
     assert not list((tmp_path / "ray").glob("*.journal*"))  # folded into the manifest once complete
     # a rerun resumes: nothing left to do
-    again = _run(data, tmp_path / "ray", yolo_weights, mobile_sam_weights, "--engine", "ray", "--ray-workers", "2")
+    again = _run(data, tmp_path / "ray", yolo_weights, mobile_sam_weights, *on_ray)
     summary = json.loads(again.stdout.splitlines()[-1])
-    assert (summary["skipped"], summary["failed"]) == (4, 1)
+    assert (summary["skipped"], summary["failed"], summary["frames"]) == (7, 1, 3)
 
 
 def test_ray_missing_gives_install_hint(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import stand_in_model_args
+from helpers import sigkill_after_labels, stand_in_model_args
 from typer.testing import CliRunner
 
 from autoannotate.cli import app
@@ -98,15 +97,7 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(tmp_path: Path, yolo_weigh
     assert len(expected) == 8
 
     command = [sys.executable, "-m", "autoannotate.cli", *_args(data, killed, yolo_weights, mobile_sam_weights)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list((killed / "labels").rglob("*.txt"))) >= 3:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    sigkill_after_labels(command, killed / "labels", 3, timeout_s=300)
     partial = _labels(killed)
     assert 3 <= len(partial) < 8
     assert json.loads((killed / "autoannotate.json").read_text())["state"] == "running"  # valid JSON after kill

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from autoannotate.cli import app
 from autoannotate.engines import ENGINES, engine_entry
 from autoannotate.errors import ConfigError, ImageError
-from autoannotate.inputs import INPUT_KINDS, InputKind, input_kind, item_from_dict
+from autoannotate.inputs import INPUT_KINDS, InputKind, StandaloneFile, input_kind, item_from_dict
 from autoannotate.inputs.base import item_dict
 from autoannotate.inputs.image import ImageFile
 from autoannotate.polygons import polygon_to_mask
@@ -93,7 +94,7 @@ def test_core_modules_import_with_torch_unimportable():
 @pytest.mark.parametrize(
     ("lookup", "name", "message"),
     [
-        (input_kind, "video", "unknown input kind 'video': known kinds are image"),
+        (input_kind, "audio", "unknown input kind 'audio': known kinds are image, video"),
         (prompt_entry, "yoloe", "unknown prompt source 'yoloe': known sources are labels, points, open_vocab, yolo"),
         (engine_entry, "spark", "unknown engine 'spark': known engines are local, ray"),
     ],
@@ -106,7 +107,7 @@ def test_unknown_registry_name_is_one_line_naming_the_known(lookup: Any, name: s
 
 
 def test_registries_hold_the_built_in_entries():
-    assert list(INPUT_KINDS) == ["image"]
+    assert list(INPUT_KINDS) == ["image", "video"]
     assert list(PROMPT_SOURCES) == ["labels", "points", "open_vocab", "yolo"]
     assert list(ENGINES) == ["local", "ray"]
 
@@ -208,7 +209,7 @@ def _grid_pixels(text: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class GridItem:
+class GridItem(StandaloneFile):
     """An input kind the package does not know: a text file describing an image. Its key takes a ``.png`` suffix,
     and it places itself in the dataset as a real PNG (as a video frame will)."""
 
@@ -242,8 +243,12 @@ class GridItem:
         return item_dict(self)
 
 
-def _grid_item(path: Path, rel_path: PurePosixPath) -> GridItem:
-    return GridItem(path, rel_path.with_suffix(".png"))
+def _grid_items(path: Path, rel_path: PurePosixPath, context: Any) -> Iterator[GridItem]:
+    yield GridItem(path, rel_path.with_suffix(".png"))
+
+
+def _grid_from_dict(data: Mapping[str, Any]) -> GridItem:
+    return GridItem(Path(data["origin"]), PurePosixPath(data["rel_path"]))
 
 
 class RectangleSegmenter:
@@ -290,7 +295,9 @@ def test_fake_segmenter_and_fake_input_kind_drive_a_whole_run(tmp_path: Path, mo
         return "rectangle" if "rectangle.marker" in state_dict else None
 
     # registered from here: no file of the package changes
-    monkeypatch.setitem(INPUT_KINDS, "grid", InputKind("grid", (".grid",), _grid_item))
+    monkeypatch.setitem(
+        INPUT_KINDS, "grid", InputKind("grid", (".grid",), _grid_items, _grid_from_dict, lambda path, context: 1)
+    )
     monkeypatch.setitem(SEGMENTERS, "rectangle", SegmenterEntry("rectangle", recognise, load, ("rectangle",)))
     weights = tmp_path / "rect.pt"
     torch.save({"rectangle.marker": torch.zeros(1)}, weights)

@@ -565,9 +565,9 @@ def test_encoder_input_is_channels_last_and_decoder_chunks_follow_the_device(fas
         model.image_encoder.register_forward_pre_hook(
             lambda _m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
         ),
-        model.mask_decoder.register_forward_pre_hook(
-            lambda _m, args, kwargs: decoder_boxes.append(int(kwargs["sparse_prompt_embeddings"].shape[0])),
-            with_kwargs=True,
+        # the IoU head runs once per decoder call, on that call's boxes (whichever forward runs the decoder)
+        model.mask_decoder.iou_prediction_head.register_forward_pre_hook(
+            lambda _m, args: decoder_boxes.append(int(args[0].shape[0]))
         ),
     ]
     rng = np.random.default_rng(5)

@@ -305,7 +305,7 @@ def test_a_folder_without_images_is_an_input_error(tmp_path: Path, models: list[
     result = runner.invoke(app, ["run", "--data", str(empty), *models])
     assert result.exit_code == 2, result.output
     (line,) = _error_lines(result.stderr)
-    assert "no images found under --data" in line and "jpg, jpeg, png" in line
+    assert "no images or videos found under --data" in line and "jpg, jpeg, png" in line and "mp4, mov" in line
     assert not (tmp_path / "empty_auto_annotate").exists()  # refused before anything is written
 
 
@@ -315,7 +315,8 @@ def test_a_non_image_file_as_data_is_an_input_error(tmp_path: Path, models: list
     result = runner.invoke(app, ["run", "--data", str(tmp_path / name), *models])
     assert result.exit_code == 2, result.output
     (line,) = _error_lines(result.stderr)
-    assert f"--data {str(tmp_path / name)!r} is not an image (jpg, jpeg," in line and "nor a .txt list" in line
+    assert f"--data {str(tmp_path / name)!r} is not an image or video (images: jpg, jpeg," in line
+    assert "videos: mp4, mov, avi, mkv, webm) nor a .txt list of paths" in line
 
 
 def test_names_without_boxes_from_is_a_config_error(tmp_path: Path, models: list[str]):

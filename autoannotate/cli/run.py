@@ -36,6 +36,7 @@ from autoannotate.config import (
 )
 from autoannotate.errors import ConfigError, excerpt
 from autoannotate.inputs.listing import require_images
+from autoannotate.inputs.video_reader import quiet_decoder_logs
 from autoannotate.runtime.allocator import tune_host_allocator
 
 ConfigOpt = Annotated[
@@ -98,6 +99,8 @@ def make_run_command(settings_cls: type[RunSettings] = RunSettings) -> Callable[
         debug = bool(params.get("debug", False))
         err_console = Console(stderr=True, highlight=False, soft_wrap=True)
         extra = list(ctx.args)
+        if not debug:  # FFmpeg's own lines ("moov atom not found"): each video failure gets one line of ours
+            quiet_decoder_logs()
         run_guarded(lambda: _run(overrides, config, err_console, extra, settings_cls), debug)
 
     run.__doc__ = _RUN_HELP
@@ -163,7 +166,7 @@ def _run(
                 for outcome in outcomes:
                     emit(out, _image_event(outcome))
                     if outcome.error and not settings.console.quiet:
-                        err_console.print(f"warning: {_shown_path(outcome.origin)}: {outcome.error}", markup=False)
+                        err_console.print(f"warning: {_where(outcome)}: {outcome.error}", markup=False)
         else:
             _run_with_progress(job, err_console, settings.console.quiet)
         _print_notices(err_console, job.notices[shown:], settings.console.quiet)
@@ -186,7 +189,7 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
         TextColumn("[bold]annotating"),
         BarColumn(bar_width=20),
         TextColumn("{task.completed}/{task.fields[total_text]}"),
-        TextColumn("{task.fields[rate]} img/s"),
+        TextColumn("{task.fields[rate]} {task.fields[unit]}/s"),
         TextColumn("{task.fields[instances]} inst"),
         TextColumn("{task.fields[failed]} failed {task.fields[skipped]} skipped"),
         TextColumn("ETA"),
@@ -196,11 +199,16 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
         transient=False,
     )
     with progress:
-        task = progress.add_task("annotate", total=None, total_text="?", rate="-", instances=0, failed=0, skipped=0)
+        task = progress.add_task(
+            "annotate", total=None, total_text="?", rate="-", unit="img", instances=0, failed=0, skipped=0
+        )
 
         def count_images() -> None:  # the walk streams; the total shows up as soon as it is known
-            total = sum(1 for _ in job.images())
-            progress.update(task, total=total, total_text=str(total))
+            # a video counts the frames it will give (from its header: "~", an estimate), not one file
+            total, videos = job.estimate()
+            progress.update(
+                task, total=total, total_text=f"~{total}" if videos else str(total), unit="frames" if videos else "img"
+            )
 
         threading.Thread(target=count_images, name="autoannotate-count", daemon=True).start()
         instances = failed = skipped = 0
@@ -210,7 +218,7 @@ def _run_with_progress(job: Any, err_console: Console, quiet: bool) -> None:
                 skipped += outcome.status == "skipped"
                 if outcome.error:
                     failed += 1
-                    progress.console.print(f"warning: {_shown_path(outcome.origin)}: {outcome.error}", markup=False)
+                    progress.console.print(f"warning: {_where(outcome)}: {outcome.error}", markup=False)
                 elapsed = progress.tasks[0].elapsed or 0.0
                 done = progress.tasks[0].completed + 1
                 rate = f"{done / elapsed:.2f}" if elapsed > 0 else "-"
@@ -229,8 +237,16 @@ def _shown_path(path: str | Path) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def _where(outcome: Any) -> str:
+    """What a warning names: the image, or a video frame's video and index."""
+    frame = outcome.frame
+    if frame is not None:
+        return f"{_shown_path(frame['video'])} frame {frame['index']}"
+    return _shown_path(outcome.origin)
+
+
 def _image_event(outcome: Any) -> dict[str, Any]:
-    return {
+    event = {
         "event": "image",
         "path": outcome.origin,
         "label": str(outcome.label_path) if outcome.label_path is not None else None,
@@ -238,14 +254,20 @@ def _image_event(outcome: Any) -> dict[str, Any]:
         "status": str(outcome.status),
         "error": outcome.error,
     }
+    if outcome.frame is not None:  # a video frame: its image is the JPEG in the dataset; where it comes from
+        event.update(video=outcome.frame["video"], frame=outcome.frame["index"], t=outcome.frame["t"])
+    return event
 
 
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="autoannotate summary", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
-    for key in ("images", "labeled", "instances", "empty_masks", "dropped", "failed", "skipped", "edited", "removed"):
+    keys = ("images", "labeled", "instances", "empty_masks", "dropped", "failed", "skipped", "edited", "removed")
+    for key in keys:
         table.add_row(key.replace("_", " "), str(summary[key]))
+        if key == "images" and summary.get("videos"):
+            table.add_row("of which video frames", f"{summary['frames']} (from {summary['videos']} video(s))")
     scores = summary.get("sam_iou")
     if scores:
         table.add_row("SAM predicted IoU", "  ".join(f"{name} {value:.3f}" for name, value in scores.items()))

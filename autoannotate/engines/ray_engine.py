@@ -28,8 +28,9 @@ from typing import Any
 from autoannotate.config import RAY_INSTALL_HINT, RunSettings
 from autoannotate.dataset.layout import DatasetLayout
 from autoannotate.engines import EngineRun
-from autoannotate.errors import ConfigError
-from autoannotate.inputs import item_from_dict
+from autoannotate.errors import ConfigError, OutputError
+from autoannotate.inputs import InputItem, item_from_dict
+from autoannotate.inputs.video import VideoFailure
 from autoannotate.pipeline import claim
 from autoannotate.resume import Journal, PreviousRun
 from autoannotate.types import ImageOutcome
@@ -116,6 +117,19 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
                 shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _portable(item: InputItem, layout: DatasetLayout) -> InputItem:
+    """``item`` as an actor can read it from its dict: a video frame's JPEG is written into the dataset here, by the
+    driver, which decodes each video once, in order (seeking is not exact in every container, and ``--skip-similar``
+    decides each frame from the last kept one), so frames, not videos, are what actors share out. A frame whose
+    JPEG cannot be placed (a file of someone else's is there) fails alone; an OS error (a full disk) stops the run."""
+    try:
+        return item.detach(layout)
+    except OutputError as err:
+        if err.errno is not None:
+            raise
+        return VideoFailure(Path(item.origin), item.rel_path, str(err))
+
+
 def run(job: EngineRun) -> Iterator[ImageOutcome]:
     """Annotate ``job.items`` on Ray; yields one outcome per item, in input order (the driver's models and journal
     are not used: each actor loads its own models and keeps its own journal).
@@ -126,7 +140,10 @@ def run(job: EngineRun) -> Iterator[ImageOutcome]:
     """
     ray = _import_ray()
     claimed: set[Path] = set()
-    rows = [{"item": item.to_dict(), "duplicate": claim(job.layout, item, claimed) or ""} for item in job.items]
+    rows = [
+        {"item": _portable(item, job.layout).to_dict(), "duplicate": claim(job.layout, item, claimed) or ""}
+        for item in job.items
+    ]
     if not rows:
         return
     settings = job.settings

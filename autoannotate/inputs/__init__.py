@@ -1,6 +1,7 @@
 """Input kinds: what ``--data`` may hold and how each file becomes items to annotate.
 
-``INPUT_KINDS`` is the registry (name -> ``InputKind``); a new kind (e.g. video) is one module and one entry here.
+``INPUT_KINDS`` is the registry (name -> ``InputKind``): image files, and video files whose kept frames are items; a
+new kind is one module and one entry here.
 The listing of ``--data`` (directories, lists, globs, stdin) is shared by all kinds (``inputs.listing``); nothing
 outside an input kind reads an item's file as pixels.
 """
@@ -12,14 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from autoannotate.errors import ConfigError
-from autoannotate.inputs.base import InputItem, InputKind, item_args
+from autoannotate.inputs.base import InputItem, InputKind, ListingContext, StandaloneFile
 from autoannotate.inputs.image import IMAGE_KIND
+from autoannotate.inputs.video import VIDEO_KIND
 
-__all__ = ["INPUT_KINDS", "InputItem", "InputKind", "input_kind", "input_suffixes", "item_from_dict", "kind_for"]
+__all__ = [
+    "INPUT_KINDS",
+    "InputItem",
+    "InputKind",
+    "ListingContext",
+    "StandaloneFile",
+    "input_kind",
+    "input_suffixes",
+    "item_from_dict",
+    "kind_for",
+]
 
 #: Name -> input kind. The first kind is the fallback for a listed file whose suffix no kind claims (it is then
 #: reported by that kind's reader, never silently dropped).
-INPUT_KINDS: dict[str, InputKind] = {IMAGE_KIND.name: IMAGE_KIND}
+INPUT_KINDS: dict[str, InputKind] = {IMAGE_KIND.name: IMAGE_KIND, VIDEO_KIND.name: VIDEO_KIND}
 
 
 def input_kind(name: str) -> InputKind:
@@ -46,4 +58,4 @@ def kind_for(path: Path) -> InputKind:
 
 def item_from_dict(data: Mapping[str, Any]) -> InputItem:
     """The inverse of ``InputItem.to_dict`` (a distributed worker rebuilds the driver's items with it)."""
-    return input_kind(str(data.get("kind", ""))).item(*item_args(data))
+    return input_kind(str(data.get("kind", ""))).from_dict(data)

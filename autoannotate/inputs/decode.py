@@ -31,14 +31,7 @@ def read_image_bgr(path: Path) -> np.ndarray:
     not a regular file, empty, truncated JPEG, more than ``MAX_IMAGE_PIXELS`` (from the header, before decoding),
     not decodable.
     """
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ImageError("file does not exist") from None
-    except OSError as err:
-        raise ImageError(f"cannot read file: {err.strerror or err}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ImageError("not a regular file")
+    info = regular_file_stat(path)
     if info.st_size > MAX_FILE_BYTES:
         raise ImageError(f"file is {info.st_size / 1e9:.1f} GB, over the {MAX_FILE_BYTES / 1e9:.1f} GB an image may be")
     try:
@@ -64,6 +57,20 @@ def read_image_bgr(path: Path) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError(f"unsupported image layout {image.shape}")
     return image
+
+
+def regular_file_stat(path: Path) -> os.stat_result:
+    """``os.stat`` of an input file that must be a regular file; ImageError (one line) when it is missing, cannot be
+    read, or is a folder, device or FIFO."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError("file does not exist") from None
+    except OSError as err:
+        raise ImageError(f"cannot read file: {err.strerror or err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError("not a regular file")
+    return info
 
 
 def _decode(raw: np.ndarray, *, tiff: bool) -> np.ndarray | None:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autoannotate.inputs.base import InputKind, item_dict
+from autoannotate.inputs.base import (
+    InputItem,
+    InputKind,
+    ListingContext,
+    StandaloneFile,
+    file_signature,
+    item_args,
+    item_dict,
+)
 from autoannotate.inputs.decode import read_image_bgr
 
 if TYPE_CHECKING:
@@ -22,7 +31,7 @@ IMAGE_TYPES_TEXT = ", ".join(suffix[1:] for suffix in _SUFFIX_ORDER)
 
 
 @dataclass(frozen=True)
-class ImageFile:
+class ImageFile(StandaloneFile):
     """An image file at ``path``, keyed by ``rel_path`` (see ``InputItem``)."""
 
     path: Path
@@ -37,11 +46,7 @@ class ImageFile:
         return read_image_bgr(self.path)
 
     def signature(self) -> tuple[int, int] | None:
-        try:
-            info = self.path.stat()
-        except OSError:
-            return None
-        return info.st_size, info.st_mtime_ns
+        return file_signature(self.path)
 
     def exists(self) -> bool:
         return os.path.lexists(self.path)
@@ -58,4 +63,12 @@ class ImageFile:
         return item_dict(self)
 
 
-IMAGE_KIND = InputKind("image", _SUFFIX_ORDER, ImageFile)
+def _items(path: Path, rel_path: PurePosixPath, context: ListingContext) -> Iterator[InputItem]:
+    yield ImageFile(path, rel_path)
+
+
+def _from_dict(data: Mapping[str, Any]) -> ImageFile:
+    return ImageFile(*item_args(data))
+
+
+IMAGE_KIND = InputKind("image", _SUFFIX_ORDER, _items, _from_dict, lambda path, context: 1)

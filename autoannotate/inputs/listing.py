@@ -1,6 +1,7 @@
-"""Find the input files that ``--data`` names, and give each its key.
+"""Find the input files that ``--data`` names, and give each its key; each file's input kind turns it into items
+(an image is one item, a video one per kept frame).
 
-``--data`` may be a directory (searched recursively; symlink loops are safe), one image, a ``.txt`` list of image
+``--data`` may be a directory (searched recursively; symlink loops are safe), one image or video, a ``.txt`` list of
 paths, a quoted glob, or ``-`` for paths on stdin. A list (file or stdin) holds one path per line, or, when it
 contains a NUL byte, NUL-separated paths taken exactly as written (``find -print0``: names with spaces or line breaks
 survive). Each image gets a ``rel_path``: its path relative to the
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 from autoannotate.errors import InputError
-from autoannotate.inputs import InputItem, input_suffixes, kind_for
+from autoannotate.inputs import InputItem, ListingContext, input_suffixes, kind_for
 from autoannotate.inputs.image import IMAGE_TYPES_TEXT
+from autoannotate.inputs.video import VIDEO_TYPES_TEXT
 
 _GLOB_CHARS = frozenset("*?[")
+#: What ``--data`` takes, as a user reads it in a message.
+INPUT_TYPES_TEXT = f"images: {IMAGE_TYPES_TEXT}; videos: {VIDEO_TYPES_TEXT}"
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,8 @@ class SourceSpec:
     paths: tuple[Path, ...] | None
 
 
-def is_image_path(path: Path | str) -> bool:
-    """True when the suffix is one an input kind reads (``inputs.INPUT_KINDS``), in any letter case."""
+def is_input_path(path: Path | str) -> bool:
+    """True when the suffix is one an input kind reads (``inputs.INPUT_KINDS``: images, videos), in any letter case."""
     return Path(path).suffix.lower() in input_suffixes()
 
 
@@ -64,15 +68,15 @@ def resolve_data(data: str, stdin: TextIO | None = None) -> SourceSpec:
             except OSError as err:
                 raise InputError(f"cannot read image list {data!r}: {err.strerror or err}") from None
             return _listed("list", _parse_path_list(listing, base=path.parent), data)
-        if not is_image_path(path):
+        if not is_input_path(path):
             # e.g. notes.pdf or x.csv: annotating it could only fail, as one "failed image" among none
-            raise InputError(f"--data {data!r} is not an image ({IMAGE_TYPES_TEXT}) nor a .txt list of image paths")
+            raise InputError(f"--data {data!r} is not an image or video ({INPUT_TYPES_TEXT}) nor a .txt list of paths")
         return SourceSpec("file", Path(os.path.abspath(path.parent)), (Path(os.path.abspath(path)),))
     if any(char in _GLOB_CHARS for char in data):
         matches = sorted(glob.glob(os.path.expanduser(data), recursive=True))
-        paths = [Path(os.path.abspath(m)) for m in matches if is_image_path(m) and os.path.isfile(m)]
+        paths = [Path(os.path.abspath(m)) for m in matches if is_input_path(m) and os.path.isfile(m)]
         if not paths:
-            raise InputError(f"--data glob {data!r} matches no image ({IMAGE_TYPES_TEXT})")
+            raise InputError(f"--data glob {data!r} matches no image or video ({INPUT_TYPES_TEXT})")
         return _listed("glob", paths, data)
     if path.exists():  # a device, FIFO or socket: nothing to list or decode (stdin is spelled '-')
         raise InputError(
@@ -128,32 +132,58 @@ def require_images(spec: SourceSpec) -> None:
                     try:
                         if entry.is_dir():
                             stack.append(Path(entry.path))
-                        elif is_image_path(entry.name):  # what the walk yields (see ``_walk_images``)
+                        elif is_input_path(entry.name):  # what the walk yields (see ``_walk_files``)
                             return
                     except OSError:
                         continue
         except OSError:
             continue
     raise InputError(
-        f"no images found under --data {str(spec.root)!r} (looked for {IMAGE_TYPES_TEXT}, in any letter case and"
-        " every sub-folder)"
+        f"no images or videos found under --data {str(spec.root)!r} (looked for {INPUT_TYPES_TEXT}, in any letter"
+        " case and every sub-folder)"
     )
 
 
-def iter_items(spec: SourceSpec) -> Iterator[InputItem]:
-    """Yield the input items of ``spec`` in a deterministic order (sorted per directory), streaming for directories.
-
-    Each file becomes an item of the input kind its suffix names (``inputs.INPUT_KINDS``). Listed paths are yielded
-    whatever their suffix (as images), so a listed non-image is reported rather than silently skipped.
-    """
-    paths = _walk_images(spec.root) if spec.paths is None else iter(spec.paths)
+def iter_files(
+    spec: SourceSpec, keep: Callable[[PurePosixPath], bool] | None = None
+) -> Iterator[tuple[Path, PurePosixPath]]:
+    """The input files of ``spec`` with their keys (paths relative to the input root), in a deterministic order
+    (sorted per directory), streaming for directories; ``keep`` filters by key (a shard's files)."""
+    paths = _walk_files(spec.root) if spec.paths is None else iter(spec.paths)
     for path in paths:
-        yield kind_for(path).item(path, PurePosixPath(path.relative_to(spec.root).as_posix()))
+        rel_path = PurePosixPath(path.relative_to(spec.root).as_posix())
+        if keep is None or keep(rel_path):
+            yield path, rel_path
 
 
-def _walk_images(root: Path) -> Iterator[Path]:
-    """Images below ``root`` in path order (each folder's entries sorted by name, sub-folders entered in place),
-    following directory symlinks but never entering a directory twice (symlink-loop safe). Streams."""
+def iter_items(
+    spec: SourceSpec, context: ListingContext | None = None, keep: Callable[[PurePosixPath], bool] | None = None
+) -> Iterator[InputItem]:
+    """Yield the input items of ``spec`` in order, streaming: each file's items from the input kind its suffix names
+    (``inputs.INPUT_KINDS``): one per image, one per kept frame of a video (with ``context.video``; without it,
+    videos give none). Listed paths are yielded whatever their suffix (as images), so a listed non-image is reported
+    rather than silently skipped. ``keep`` filters files by key before any is read (a shard's files)."""
+    context = context or ListingContext()
+    for path, rel_path in iter_files(spec, keep):
+        yield from kind_for(path).items(path, rel_path, context)
+
+
+def estimate_items(
+    spec: SourceSpec, context: ListingContext, keep: Callable[[PurePosixPath], bool] | None = None
+) -> tuple[int, bool]:
+    """How many items ``iter_items`` will yield, from the files' headers (a video's frame count, which may be off):
+    ``(count, whether any video's estimate is in it)``."""
+    total, videos = 0, False
+    for path, _ in iter_files(spec, keep):
+        kind = kind_for(path)
+        total += kind.estimate(path, context)
+        videos = videos or kind.name == "video"
+    return total, videos
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Images and videos below ``root`` in path order (each folder's entries sorted by name, sub-folders entered in
+    place), following directory symlinks but never entering a directory twice (symlink-loop safe). Streams."""
     seen: set[tuple[int, int]] = set()
     stack = [_sorted_entries(root, seen)]
     while stack:
@@ -164,7 +194,7 @@ def _walk_images(root: Path) -> Iterator[Path]:
         try:
             if entry.is_dir():
                 stack.append(_sorted_entries(Path(entry.path), seen))
-            elif is_image_path(entry.name):
+            elif is_input_path(entry.name):
                 # Anything image-named that is not a folder is yielded, regular or not (a dangling link, a FIFO):
                 # decoding then reports it, so no image is dropped without a word.
                 yield Path(entry.path)

@@ -32,6 +32,7 @@ from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
+from autoannotate.segmenters.sam_decoder import ImageSide, shared_image_decoder
 from autoannotate.segmenters.sam_transforms import (
     LOW_RES_SIZE,
     SAM_IMAGE_SIZE,
@@ -268,6 +269,7 @@ class BoxSegmenter:
         self._prompt_encoder = cast(Callable[..., tuple[torch.Tensor, torch.Tensor]], parts.prompt_encoder)
         self._mask_decoder = cast(Callable[..., tuple[torch.Tensor, torch.Tensor]], parts.mask_decoder)
         self._dense_pe = cast(Callable[[], torch.Tensor], parts.prompt_encoder.get_dense_pe)
+        self._shared_decoder = shared_image_decoder(parts.mask_decoder)
         self._half = bool(half)
         self._decoder_batch_size = decoder_batch_size
         self._variant = variant
@@ -470,6 +472,7 @@ class BoxSegmenter:
         n = len(boxes_xyxy)
         low_res = torch.empty((n, 1, LOW_RES_SIZE, LOW_RES_SIZE), dtype=torch.float32, device=device)
         iou_pred = torch.empty((n,), dtype=torch.float32, device=device)
+        side: ImageSide | None = None  # the decoder's work shared by all prompts of this image (first chunk)
         for with_box, n_points, members in prompts.groups():
             for start in range(0, len(members), chunk):
                 index = members[start : start + chunk]
@@ -486,13 +489,19 @@ class BoxSegmenter:
                     points=point_input, boxes=boxes_input[index] if with_box else None, masks=None
                 )
                 with self._autocast(device):
-                    logits, iou = self._mask_decoder(
-                        image_embeddings=embedding,
-                        image_pe=image_pe,
-                        sparse_prompt_embeddings=sparse,
-                        dense_prompt_embeddings=dense,
-                        multimask_output=False,
-                    )
+                    if self._shared_decoder is None:
+                        logits, iou = self._mask_decoder(
+                            image_embeddings=embedding,
+                            image_pe=image_pe,
+                            sparse_prompt_embeddings=sparse,
+                            dense_prompt_embeddings=dense,
+                            multimask_output=False,
+                        )
+                    else:
+                        # No mask prompt: every prompt's dense embedding is the same no-mask vector.
+                        if side is None:
+                            side = self._shared_decoder.image_side(embedding, image_pe, dense[:1])
+                        logits, iou = self._shared_decoder(side, sparse)
                 at = torch.as_tensor(index, dtype=torch.int64, device=device)
                 low_res[at] = logits.float()
                 iou_pred[at] = iou.float()[:, 0]

@@ -10,12 +10,19 @@ from autoannotate.quality import InstanceQuality
 
 
 def instance_rows(
-    image: str, label_key: str, quality: Iterable[InstanceQuality], names: Mapping[int, str]
+    image: str,
+    label_key: str,
+    quality: Iterable[InstanceQuality],
+    names: Mapping[int, str],
+    frame: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for one image: its path, its label file (relative to the output dir), the class name, and the figures."""
+    """Rows for one image: its path, its label file (relative to the output dir), the class name, and the figures;
+    for a video frame also ``video``, ``frame`` (its index) and ``t`` (seconds), from its ``frame`` record."""
     rows = []
     for item in quality:
         row: dict[str, Any] = {"image": image, "label": label_key}
+        if frame is not None:
+            row.update(video=frame.get("video"), frame=frame.get("index"), t=frame.get("t"))
         row.update(item.to_dict())
         row["class_name"] = names.get(item.class_id, str(item.class_id))
         rows.append(row)
