@@ -58,7 +58,7 @@ from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.runtime.allocator import tune_host_allocator
 from autoannotate.runtime.device import apply_threads, plan_compute, select_device
 from autoannotate.segmenters.sam import BoxSegmenter, default_decoder_batch_size
-from autoannotate.segmenters.sam_decoder import shared_image_decoder
+from autoannotate.segmenters.sam_decoder import ImageSide, shared_image_decoder
 from autoannotate.segmenters.sam_transforms import (
     SAM_IMAGE_SIZE,
     SegmentationResult,
@@ -206,12 +206,13 @@ def decoder_only_s(segmenter: BoxSegmenter, embedding: torch.Tensor, boxes_1024:
         with torch.inference_mode():
             image_pe = model.prompt_encoder.get_dense_pe()
             chunk = default_decoder_batch_size(segmenter.device)
-            side = None
+            side: ImageSide | None = None
             for start in range(0, len(boxes), chunk):
                 sparse, dense = model.prompt_encoder(points=None, boxes=boxes[start : start + chunk], masks=None)
                 with autocast_if(segmenter.half):
                     if shared is not None:
-                        side = side or shared.image_side(embedding, image_pe, dense[:1])
+                        if side is None:
+                            side = shared.image_side(embedding, image_pe, dense[:1])
                         shared(side, sparse)
                     else:
                         model.mask_decoder(
