@@ -66,6 +66,14 @@ class EngineKind(StrEnum):
     RAY = "ray"  # Ray Data batch inference, on this machine or a cluster
 
 
+class RuntimeKind(StrEnum):
+    """What runs the segmenter's networks on the CPU."""
+
+    AUTO = "auto"  # OpenVINO where it is measured faster and pays for its conversion (runtime.choice), else torch
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
 # ------------------------------------------------------------------------------------------------ option metadata
 
 
@@ -644,11 +652,19 @@ class RuntimeSettings:
         order=150,
         yaml_help="reduced precision: bf16 autocast on CPUs that have it, fp16 on CUDA",
     )
+    runtime: RuntimeKind = option(
+        RuntimeKind.AUTO,
+        help="auto, torch or openvino: what runs SAM/MobileSAM's encoder and decoder on the CPU (see README).",
+        order=155,
+        yaml_help="auto | torch | openvino: what runs SAM/MobileSAM on the CPU (auto: OpenVINO when cached or "
+        "the run has >= 50 items, on x86-64)",
+    )
 
     def __post_init__(self) -> None:
         _check(
             0 <= self.batch <= MAX_BATCH, "batch", self.batch, f"an integer from 0 to {MAX_BATCH} (0 = device default)"
         )
+        _set_member(self, "runtime", RuntimeKind)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from autoannotate import __version__
-from autoannotate.config import RunSettings, parse_shard
+from autoannotate.config import RunSettings, RuntimeKind, parse_shard
 from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
 from autoannotate.engines import EngineRun, engine_entry
 from autoannotate.errors import OutputError
@@ -42,6 +42,7 @@ from autoannotate.resume import (
     run_file_names,
     settings_fingerprint,
 )
+from autoannotate.runtime.choice import OPENVINO_AUTO_MIN_ITEMS, requested_runtime
 from autoannotate.types import ImageOutcome, Status
 from autoannotate.writers import dataset_yaml
 from autoannotate.writers.atomic import TEMP_PATTERN, remove_stale_temps, write_bytes_atomic, write_text_atomic
@@ -145,11 +146,12 @@ class AnnotationJob:
         context = ListingContext(self.layout, self.video_options(), book)
         return iter_items(self.spec, context, keep=lambda rel_path: in_shard(rel_path, self.shard))
 
-    def estimate(self) -> tuple[int, bool]:
+    def estimate(self, stop_at: int | None = None) -> tuple[int, bool]:
         """How many items ``images`` yields, from the files' headers: ``(count, whether videos are among them)``
-        (a video counts its frames to be kept, estimated from its frame count: an upper bound)."""
+        (a video counts its frames to be kept, estimated from its frame count: an upper bound). ``stop_at``: stop
+        counting there."""
         context = ListingContext(self.layout, self.video_options(), None)
-        return estimate_items(self.spec, context, keep=lambda rel_path: in_shard(rel_path, self.shard))
+        return estimate_items(self.spec, context, keep=lambda rel_path: in_shard(rel_path, self.shard), stop_at=stop_at)
 
     def acquire(self) -> None:
         """Create the output dir and lock it for this run (or shard); a whole run also removes the temporary files
@@ -177,7 +179,13 @@ class AnnotationJob:
         """Lock the output dir, pick the device, load the models, resolve ``--classes``. Raises ModelError,
         ConfigError, OutputError."""
         self.acquire()
-        self.models = load_models(self.settings)
+        # only --runtime auto asks (the walk stops at the threshold, so a big folder costs a few file headers)
+        long_run = (
+            requested_runtime(str(self.settings.runtime.runtime)) == RuntimeKind.AUTO
+            and self.estimate(stop_at=OPENVINO_AUTO_MIN_ITEMS)[0] >= OPENVINO_AUTO_MIN_ITEMS
+        )
+        self.models = load_models(self.settings, long_run=long_run)
+        self.notices.extend(self.models.notices)
         return self.models
 
     def label_settings(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from autoannotate.prompts import prompt_source_for
 from autoannotate.prompts.base import PromptSource
 from autoannotate.prompts.nms import AcrossClassesNMS
 from autoannotate.resume import Journal, PreviousRun
+from autoannotate.runtime.choice import choose_runtime, requested_runtime
 from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
 from autoannotate.segmenters import load_segmenter
 from autoannotate.segmenters.base import POINT_PROMPTS, Segmenter, prompt_kinds
@@ -35,6 +36,10 @@ class Models:
     batch: int
     plan: ComputePlan
     records: dict[str, Any]
+    #: What runs the segmenter: ``"torch"``, or e.g. ``"openvino 2026.4.1 f32 (from the cache)"``.
+    runtime: str = "torch"
+    #: One-line notes for the user (e.g. OpenVINO asked for but unavailable: PyTorch runs it).
+    notices: tuple[str, ...] = ()
 
     @property
     def names(self) -> dict[int, str]:
@@ -61,10 +66,12 @@ class Models:
         return make() if callable(make) else None
 
 
-def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Models:
-    """Pick the device (``--device``, once), load the prompt source and the segmenter on it, size torch's threads.
+def load_models(settings: RunSettings, plan: ComputePlan | None = None, long_run: bool = False) -> Models:
+    """Pick the device (``--device``, once), load the prompt source and the segmenter on it, choose the runtime
+    (``--runtime``, ``runtime.choice``), size torch's threads.
 
     ``plan`` overrides the device's default compute plan, device included (a distributed worker owns some cores).
+    ``long_run``: the run has at least ``runtime.choice.OPENVINO_AUTO_MIN_ITEMS`` items (``--runtime auto``).
     Raises ModelError, ConfigError.
     """
     plan = plan or plan_compute(select_device(settings.runtime.device))
@@ -75,8 +82,67 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None) -> Model
     segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
     _check_prompt_kinds(entry.prompt_kinds, segmenter, settings.segmenter.sam_model)
     batch = settings.runtime.batch or segmenter.default_batch()
+    records = _model_records(settings, prompts, segmenter)
+    runtime, notices = _apply_runtime(settings, segmenter, plan, records["segmenter"].get("sha256"), long_run)
+    records["segmenter"]["runtime"] = runtime
     apply_threads(plan)
-    return Models(prompts, segmenter, batch, plan, _model_records(settings, prompts, segmenter))
+    return Models(prompts, segmenter, batch, plan, records, runtime, notices)
+
+
+def _apply_runtime(
+    settings: RunSettings, segmenter: Segmenter, plan: ComputePlan, sha256: str | None, long_run: bool
+) -> tuple[str, tuple[str, ...]]:
+    """Move the segmenter's networks to OpenVINO where ``runtime.choice`` says so: ``(runtime, notices)``.
+
+    A segmenter runs on OpenVINO through its ``use_openvino`` method (SAM/MobileSAM); one without it stays on
+    PyTorch. Raises ConfigError for ``--runtime openvino`` on a GPU.
+    """
+    requested = requested_runtime(str(settings.runtime.runtime))
+    on_cpu = plan.device.type == "cpu"
+    if requested == "openvino" and not on_cpu:
+        raise ConfigError(
+            f"--runtime openvino runs on the CPU, but this run's device is {plan.device}: pass --device cpu, or"
+            " --runtime auto"
+        )
+    from autoannotate.runtime.openvino_parts import machine_prefers_openvino, openvino_version
+
+    version = openvino_version() if requested != "torch" else None
+    choice = choose_runtime(
+        requested, on_cpu=on_cpu, installed=version is not None, x86_64=machine_prefers_openvino(), long_run=long_run
+    )
+    if not choice.openvino:
+        return "torch", ()
+    use_openvino = getattr(segmenter, "use_openvino", None)
+    if not callable(use_openvino):
+        note = f"--runtime openvino: {segmenter.variant} has no OpenVINO path; PyTorch runs it"
+        return "torch", (note,) if choice.explicit else ()
+    from autoannotate.runtime.openvino_parts import (
+        OpenVinoSettings,
+        OpenVinoUnavailable,
+        bf16_supported,
+        default_cache_root,
+    )
+
+    notices: list[str] = []
+    precision = "f32"
+    if settings.runtime.half:
+        if bf16_supported():
+            precision = "bf16"
+        else:
+            notices.append("--half: this CPU has no bf16 instructions; OpenVINO runs in float32")
+    ov_settings = OpenVinoSettings(
+        precision=precision,
+        streams=plan.infer_workers,
+        threads=plan.infer_workers * plan.torch_threads,
+        cache_root=default_cache_root(),
+    )
+    try:
+        runtime = str(use_openvino(ov_settings, sha256, convert=choice.convert))
+    except OpenVinoUnavailable as err:
+        if choice.explicit or choice.convert:  # auto without conversion only uses a cached one: no news
+            notices.append(f"{err}; PyTorch runs the segmenter")
+        return "torch", tuple(notices)
+    return runtime, tuple(notices)
 
 
 def _check_prompt_kinds(needed: frozenset[str], segmenter: Segmenter, sam_model: str) -> None:

@@ -2,23 +2,33 @@
 
     python benchmarks/bench_vs_ultralytics.py [--sam-standin flat] [--images 15] [--max-det 8] [--repeats 2]
                                               [--keep] [--skip-half]
+    python benchmarks/bench_vs_ultralytics.py --photos DIR --count 10 --det-model yolov8s.pt
+                                              [--sam-model mobile_sam.pt] [--runtime openvino]
 
 Both tools run as separate processes, alternating (U A U A ...), on one flat folder: the three sample images plus
 ``--images`` generated scenes. Both use the same random-weight YOLOv8s and MobileSAM stand-ins (see ``--sam-standin``
 and ``common.SAM_STANDINS``), ``--conf 1e-4 --max-det K --iou 0.45 --imgsz 640`` and device cpu. Prints the machine,
-every run, a summary table with the autoannotate/ultralytics speed ratios, the per-image instance counts of both
-tools, and for ``--half`` the mask agreement with the float32 run. No timing is asserted.
+every run, a summary table with the autoannotate/ultralytics speed ratios (whole process, images only, once warm),
+the seconds from process start to the first label file of each tool, the per-image instance counts of both tools,
+and for ``--half`` the mask agreement with the float32 run. No timing is asserted.
+
+Real-photos mode: ``--photos DIR`` takes the first ``--count`` photos of DIR (recursive, sorted by path) instead of
+the samples and generated scenes, and ``--det-model`` any real detector file (a trained YOLO: detection, segmentation
+or pose); ``--conf`` then defaults to 0.25 and ``--max-det`` to 300, ultralytics' defaults. ``--sam-model`` a real
+MobileSAM checkpoint, else the stand-in (the speed of SAM does not depend on its weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +71,7 @@ ULTRALYTICS, ULTRALYTICS_ALL_CORES, AUTOANNOTATE, AUTOANNOTATE_HALF = (
 class Settings:
     conf: float
     max_det: int
+    runtime: str | None = None  # autoannotate's --runtime, when given
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class RunResult:
     images: int
     process_s: float  # wall clock of the whole subprocess: interpreter start, imports, model loading, images
     cpu_s: float  # CPU time of the whole subprocess (user + system, all threads)
+    first_label_s: float  # from the process's start to its first label file (by modification time); nan if none
     other_cores: float  # other processes' CPU use during the run, in cores (0 = quiet machine)
     steady_s: float  # the images only (see the notes printed under the table)
     compute: str  # threads / workers the tool used
@@ -100,8 +112,19 @@ class RunResult:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=15, help="generated images added to the 3 sample images")
-    parser.add_argument("--max-det", type=int, default=8, help="detections (boxes) per image")
-    parser.add_argument("--conf", type=float, default=1e-4, help="detector confidence (random weights need ~1e-4)")
+    parser.add_argument("--photos", type=Path, help="real-photos mode: a folder of photos (instead of --images)")
+    parser.add_argument("--count", type=int, default=0, help="with --photos: use the first N photos (0: all)")
+    parser.add_argument("--det-model", type=Path, help="a real detector file (default: the random YOLOv8s stand-in)")
+    parser.add_argument("--sam-model", type=Path, help="a real MobileSAM checkpoint (default: the stand-in)")
+    parser.add_argument(
+        "--runtime", choices=("auto", "torch", "openvino"), help="autoannotate's --runtime (default: not passed)"
+    )
+    parser.add_argument(
+        "--max-det", type=int, help="detections per image (default 8 with the stand-in detector, else 300)"
+    )
+    parser.add_argument(
+        "--conf", type=float, help="detector confidence (default 1e-4 with the stand-in detector, else 0.25)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each tool, alternating")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
     parser.add_argument("--skip-half", action="store_true", help="do not run autoannotate --half")
@@ -137,6 +160,41 @@ def parse_args() -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------------------------------
 # Inputs and tools
 # --------------------------------------------------------------------------------------------------------------------
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+def prepare_photos(folder: Path, photos: Path, count: int) -> Inputs:
+    """Copy the first ``count`` photos below ``photos`` (sorted by path; 0 = all) into ``folder``, flat, each name
+    prefixed by its rank so that names stay unique and in order."""
+    found = sorted(p for p in photos.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    chosen = found[:count] if count else found
+    if not chosen or (count and len(chosen) < count):
+        raise SystemExit(f"--photos {photos}: {len(found)} photos found, {count or 'at least 1'} needed")
+    folder.mkdir(parents=True)
+    for rank, path in enumerate(chosen):
+        shutil.copy2(path, folder / f"{rank:04d}_{path.name}")
+    return Inputs(folder, {path.stem: image_resolution_wh(path) for path in sorted(folder.iterdir())})
+
+
+def real_models(weights: StandinWeights, det_model: Path | None, sam_model: Path | None, work: Path) -> StandinWeights:
+    """The stand-ins with the user's real files in their place (``yolov8s`` is then whatever detector was given);
+    a SAM file is linked as ``mobile_sam.pt``, the name ultralytics' ``SAM()`` picks its builder by."""
+    if det_model is not None:
+        weights = dataclasses.replace(weights, yolov8s=det_model.resolve())
+    if sam_model is not None:
+        link = work / "real_sam" / "mobile_sam.pt"
+        link.parent.mkdir(parents=True)
+        link.symlink_to(sam_model.resolve())
+        weights = dataclasses.replace(weights, mobile_sam=link, standin="real weights")
+    return weights
+
+
+def first_label_s(label_dir: Path, started_epoch_s: float) -> float:
+    """Seconds from ``started_epoch_s`` to the oldest label file under ``label_dir`` (nan when there is none)."""
+    mtimes = [path.stat().st_mtime for path in label_dir.rglob("*.txt")]
+    return min(mtimes) - started_epoch_s if mtimes else float("nan")
 
 
 def prepare_inputs(folder: Path, generated: int, seed: int) -> Inputs:
@@ -184,6 +242,15 @@ def manifest_compute(output_dir: Path) -> tuple[str, int]:
     return f"{workers} inference workers x {threads} torch threads", int(workers) * int(manifest.get("batch") or 1)
 
 
+def manifest_runtime(output_dir: Path) -> str:
+    """What ran autoannotate's segmenter, from its run manifest (recorded by newer versions only)."""
+    try:
+        manifest = json.loads((output_dir / "autoannotate.json").read_text(encoding="utf-8"))
+        return str(manifest["models"]["segmenter"].get("runtime", "torch (not recorded)"))
+    except (OSError, ValueError, KeyError):
+        return "not recorded"
+
+
 def _run_logged(command: list[str], log_stem: Path) -> tuple[ProcessMeasurement, str]:
     """Run ``command``; its stdout/stderr go to ``<log_stem>.out/.err``. Returns the measurement and stdout."""
     out_path, err_path = log_stem.with_suffix(".out"), log_stem.with_suffix(".err")
@@ -213,6 +280,7 @@ def run_ultralytics(
         f"--max-det={settings.max_det}",
         f"--threads={threads}",
     ]
+    started_epoch_s = time.time()
     measured, _ = _run_logged(command, work / "logs" / name)
     timing = json.loads(result_path.read_text(encoding="utf-8"))
     detail = (
@@ -227,6 +295,7 @@ def run_ultralytics(
         images,
         measured.wall_s,
         measured.cpu_s,
+        first_label_s(out_dir, started_epoch_s),
         measured.other_cores,
         timing["steady_s"],
         compute,
@@ -265,12 +334,16 @@ def run_autoannotate(
     ]
     if variant == AUTOANNOTATE_HALF:
         command.append("--half")
+    if settings.runtime:
+        command += ["--runtime", settings.runtime]
+    started_epoch_s = time.time()
     measured, stdout = _run_logged(command, work / "logs" / name)
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     summary = next(event for event in events if event.get("event") == "summary")
     detail = (
         f"summary: {summary['images']} images, {summary['instances']} instances, {summary['empty_masks']} empty masks,"
-        f" {summary['failed']} failed, {summary['seconds']}s, {summary['images_per_s']} img/s"
+        f" {summary['failed']} failed, {summary['seconds']}s, {summary['images_per_s']} img/s;"
+        f" segmenter runtime: {manifest_runtime(out_dir)}"
     )
     compute, in_flight = manifest_compute(out_dir)
     return RunResult(
@@ -279,6 +352,7 @@ def run_autoannotate(
         summary["images"],
         measured.wall_s,
         measured.cpu_s,
+        first_label_s(out_dir / "labels", started_epoch_s),
         measured.other_cores,
         summary["seconds"],
         compute,
@@ -367,7 +441,8 @@ def print_runs(results: list[RunResult]) -> None:
     for r in results:
         print(
             f"  {r.variant:<22} #{r.repeat + 1}  process {r.process_s:6.1f}s (cpu {r.cpu_s:6.1f}s)"
-            f"  images {r.steady_s:6.1f}s  other load {r.other_cores:4.2f}  [{r.compute}]\n      {r.detail}"
+            f"  first label {r.first_label_s:5.1f}s  images {r.steady_s:6.1f}s  other load {r.other_cores:4.2f}"
+            f"  [{r.compute}]\n      {r.detail}"
         )
 
 
@@ -392,6 +467,10 @@ def print_table(results: list[RunResult], variants: list[str]) -> None:
             f" {median([r.other_cores for r in runs]):>10.2f}"
         )
     print_warm_table(results, variants)
+    print("\ntime to first label (process start to the first label file written), median over repeats:")
+    for variant in variants:
+        shown = median([r.first_label_s for r in results if r.variant == variant])
+        print(f"  {variant:<22} {shown:6.1f} s")
     print(
         "steady s: autoannotate = the --json summary 'seconds' (after both models are loaded: first-image detector"
         " setup and every image, decode to label file).\n"
@@ -531,22 +610,37 @@ def run_quietest(
 
 def main() -> None:
     args = parse_args()
-    settings = Settings(conf=args.conf, max_det=args.max_det)
+    real_detector = args.det_model is not None
+    settings = Settings(
+        conf=args.conf if args.conf is not None else (0.25 if real_detector else 1e-4),
+        max_det=args.max_det if args.max_det is not None else (300 if real_detector else 8),
+        runtime=args.runtime,
+    )
     work = Path(tempfile.mkdtemp(prefix="bench_vs_ultralytics_"))
     try:
-        weights = build_standin_weights(args.weights_dir or work / "weights", args.sam_standin)
-        inputs = prepare_inputs(work / "images", args.images, args.seed)
+        standins = build_standin_weights(args.weights_dir or work / "weights", args.sam_standin)
+        weights = real_models(standins, args.det_model, args.sam_model, work)
+        if args.photos is not None:
+            inputs = prepare_photos(work / "images", args.photos, args.count)
+        else:
+            inputs = prepare_inputs(work / "images", args.images, args.seed)
         (work / "logs").mkdir()
         print("\n".join(machine_lines()))
         source_before = package_fingerprint()
         print(f"autoannotate: {source_before}")
         half_ran = not args.skip_half and cli_has_half()
-        print(
-            f"inputs: {len(inputs.resolution_wh_by_stem)} images in one flat folder (3 samples + {args.images}"
-            f" generated, seed {args.seed}); conf {settings.conf}, iou {IOU_THRESHOLD}, imgsz {IMGSZ_PX},"
-            f" max_det {settings.max_det}, device cpu"
+        where = (
+            f"the first {len(inputs.resolution_wh_by_stem)} photos of {args.photos}"
+            if args.photos is not None
+            else f"3 samples + {args.images} generated, seed {args.seed}"
         )
-        print(f"models: {weights.yolov8s.name} (random YOLOv8s), {weights.mobile_sam} (stand-in '{weights.standin}')")
+        print(
+            f"inputs: {len(inputs.resolution_wh_by_stem)} images in one flat folder ({where}); conf {settings.conf},"
+            f" iou {IOU_THRESHOLD}, imgsz {IMGSZ_PX}, max_det {settings.max_det}, device cpu"
+            f"{f', autoannotate --runtime {settings.runtime}' if settings.runtime else ''}"
+        )
+        detector = f"{weights.yolov8s} (real)" if real_detector else f"{weights.yolov8s.name} (random YOLOv8s)"
+        print(f"models: {detector}, {weights.mobile_sam} ({weights.standin})")
         if not args.skip_half and not half_ran:
             print("note: `autoannotate run --help` does not list --half: the --half row is skipped")
         variants = [ULTRALYTICS, *([] if args.skip_all_cores else [ULTRALYTICS_ALL_CORES]), AUTOANNOTATE]

@@ -48,3 +48,15 @@ def yoloe_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "yoloe-26n-seg.pt"
     model.save(str(path))
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every run of the session (in-process and the CLI subprocesses, which inherit the environment) keeps its
+    OpenVINO conversions in a session folder, never the user's cache, and runs PyTorch unless a test asks for a
+    runtime: ``--runtime auto`` would otherwise convert the segmenter for any run of 50 items or more. Tests of the
+    runtimes set ``--runtime`` or delete ``AUTOANNOTATE_RUNTIME`` themselves."""
+    import os
+
+    os.environ["AUTOANNOTATE_CACHE_DIR"] = str(tmp_path_factory.mktemp("autoannotate_cache"))
+    os.environ["AUTOANNOTATE_RUNTIME"] = "torch"

@@ -151,8 +151,8 @@ FLAT_KEYS = [
     "data", "every", "fps", "max_frames", "skip_similar", "jpeg_quality",
     "det_model", "prompts", "prompts_file", "exemplars", "prompt_embeddings", "sam_model", "conf", "iou",
     "imgsz", "max_det", "classes", "agnostic_nms", "device", "batch",
-    "output_dir", "tolerance", "min_area", "polygon", "half", "min_mask_score", "boxes_from", "points_from", "names",
-    "coco",
+    "output_dir", "tolerance", "min_area", "polygon", "half", "runtime", "min_mask_score", "boxes_from",
+    "points_from", "names", "coco",
     "preview", "val_fraction", "shard", "engine", "ray_address", "ray_workers", "ray_gpus_per_worker", "overwrite",
     "json", "quiet",
 ]  # fmt: skip
@@ -186,6 +186,7 @@ def test_label_values_are_the_options_that_decide_labels():
     [
         ("polygon", "x", "invalid --polygon 'x': expected one of merge, largest, split"),
         ("engine", "spark", "invalid --engine 'spark': expected one of local, ray"),
+        ("runtime", "tensorrt", "invalid --runtime 'tensorrt': expected one of auto, torch, openvino"),
         ("polygon", 3, "invalid --polygon '3': expected one of merge, largest, split"),  # YAML scalars as text
         ("engine", [1], "invalid --engine [1]: expected a string"),
     ],

@@ -100,3 +100,31 @@ def test_agnostic_nms_is_always_passed_to_ultralytics(agnostic: bool):
     fake = FakeYOLO()
     Detector(fake, DetectSettings(agnostic_nms=agnostic), torch.device("cpu")).detect([np.zeros((8, 8, 3), np.uint8)])
     assert fake.calls[0]["agnostic_nms"] is agnostic
+
+
+def test_pose_and_classification_models(tmp_path: Path) -> None:
+    """A pose model (a person detector with keypoints, as yolo11n-pose.pt is) gives its boxes as prompts, exactly
+    the boxes ultralytics' own predict gives; a classifier has no boxes and is refused in one line."""
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    pose = YOLO("yolo11n-pose.yaml")
+    for branch in pose.model.model[-1].cv3:  # scores above --conf 1e-4, as if trained a little
+        branch[-1].bias.data.fill_(-3.0)
+    pose_path = tmp_path / "pose_random.pt"
+    pose.save(str(pose_path))
+    detector = Detector.from_weights(str(pose_path), torch.device("cpu"), onednn=False).with_settings(
+        DetectSettings(conf=1e-4, iou=0.45, imgsz=320, max_det=5)
+    )
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    ours = detector.detect([image])[0]
+    theirs = YOLO(str(pose_path)).predict(image, conf=1e-4, iou=0.45, imgsz=320, max_det=5, verbose=False)[0].boxes
+    assert len(ours.xyxy) == len(theirs) == 5
+    np.testing.assert_allclose(ours.xyxy, theirs.xyxy.numpy(), atol=1e-3)
+
+    classifier = YOLO("yolo11n-cls.yaml")
+    cls_path = tmp_path / "cls_random.pt"
+    classifier.save(str(cls_path))
+    with pytest.raises(ModelError, match=r"is a YOLO 'classify' model, not a detector") as info:
+        Detector.from_weights(str(cls_path), torch.device("cpu"))
+    assert "\n" not in str(info.value)

@@ -75,15 +75,31 @@ def scenes() -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(name, _scene(h, w, seed), _boxes(h, w, seed)) for seed, (name, (h, w)) in enumerate(SCENES)]
 
 
-@pytest.fixture(scope="module", params=["onednn", "default"])
+def _openvino_settings(precision: str) -> Any:
+    from autoannotate.runtime.openvino_parts import OpenVinoSettings, default_cache_root
+
+    # the session's cache (conftest): test_openvino's runs convert these weights once, keyed by the file's sha256
+    return OpenVinoSettings(precision, streams=1, threads=1, cache_root=default_cache_root())
+
+
+@pytest.fixture(scope="module", params=["onednn", "default", "openvino"])
 def ours(request: pytest.FixtureRequest, mobile_sam_weights: Path) -> BoxSegmenter:
     """As the CLI loads it: ``from_weights`` on CPU, with the float32 layers on oneDNN (the default) or on PyTorch's
-    own kernel choice (``AUTOANNOTATE_CPU_KERNELS=default``); both must match the reference."""
-    onednn = request.param == "onednn"
+    own kernel choice (``AUTOANNOTATE_CPU_KERNELS=default``), or the encoder and decoder compiled by OpenVINO
+    (``--runtime openvino``, float32); each must match the reference."""
+    onednn = request.param != "default"
     segmenter = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=onednn)
     assert segmenter.variant == "mobile_sam"
     routed = sum(isinstance(m, (OneDnnLinear, OneDnnConv2d)) for m in segmenter.model.modules())
     assert (routed > 100) if onednn else (routed == 0)
+    if request.param == "openvino":
+        from autoannotate.runtime.openvino_parts import openvino_version
+        from autoannotate.writers.manifest import file_sha256
+
+        if openvino_version() is None:
+            pytest.skip("openvino is not installed")
+        runtime = segmenter.use_openvino(_openvino_settings("f32"), file_sha256(mobile_sam_weights))
+        assert runtime.startswith(f"openvino {openvino_version()} f32") and segmenter.runtime == "openvino"
     return segmenter
 
 
@@ -185,11 +201,16 @@ def test_masks_and_logits_match_reference(
 
 def test_bfloat16_autocast_on_cpu_keeps_shapes(
     ours: BoxSegmenter,
+    mobile_sam_weights: Path,
     scenes: list[tuple[str, np.ndarray, np.ndarray]],
     ours_single: dict[str, SegmentationResult],
     record_property: Any,
 ) -> None:
-    half = BoxSegmenter(ours.model, half=True)
+    half = BoxSegmenter(ours.model, half=True, variant=ours.variant)
+    if ours.runtime == "openvino":  # OpenVINO computing in bfloat16 (--runtime openvino --half)
+        from autoannotate.writers.manifest import file_sha256
+
+        assert half.use_openvino(_openvino_settings("bf16"), file_sha256(mobile_sam_weights), convert=False)
     assert half.device == torch.device("cpu")
     for name, image, boxes in scenes:
         result = half.predict([prepare_image(image)], [boxes])[0]
@@ -200,7 +221,8 @@ def test_bfloat16_autocast_on_cpu_keeps_shapes(
         intersection = (result.masks & fp32.masks).sum(axis=(1, 2))
         union = (result.masks | fp32.masks).sum(axis=(1, 2))
         ious = intersection / np.maximum(union, 1)
-        print(f"\n[bf16 vs fp32 {name:9s}] per-mask IoU = {np.round(ious, 4).tolist()}, mean = {ious.mean():.4f}")
-        record_property(f"bf16_vs_fp32_mean_mask_iou_{name}", float(ious.mean()))
+        shown = f"{ours.runtime} {name:9s}"
+        print(f"\n[bf16 vs fp32 {shown}] per-mask IoU = {np.round(ious, 4).tolist()}, mean = {ious.mean():.4f}")
+        record_property(f"bf16_vs_fp32_mean_mask_iou_{ours.runtime}_{name}", float(ious.mean()))
         # Random weights make logits hover near 0, the worst case for reduced precision; trained weights do better.
         assert ious.mean() > 0.8

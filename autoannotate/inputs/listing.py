@@ -169,15 +169,21 @@ def iter_items(
 
 
 def estimate_items(
-    spec: SourceSpec, context: ListingContext, keep: Callable[[PurePosixPath], bool] | None = None
+    spec: SourceSpec,
+    context: ListingContext,
+    keep: Callable[[PurePosixPath], bool] | None = None,
+    stop_at: int | None = None,
 ) -> tuple[int, bool]:
     """How many items ``iter_items`` will yield, from the files' headers (a video's frame count, which may be off):
-    ``(count, whether any video's estimate is in it)``."""
+    ``(count, whether any video's estimate is in it)``. With ``stop_at``, the walk stops once the count reaches it
+    (a quick "at least that many" on a big folder)."""
     total, videos = 0, False
     for path, _ in iter_files(spec, keep):
         kind = kind_for(path)
         total += kind.estimate(path, context)
         videos = videos or kind.name == "video"
+        if stop_at is not None and total >= stop_at:
+            break
     return total, videos
 
 

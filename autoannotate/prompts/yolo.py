@@ -1,4 +1,4 @@
-"""The YOLO prompt source: any ultralytics detection or segmentation model, used for its boxes only.
+"""The YOLO prompt source: any ultralytics detection, segmentation or pose model, used for its boxes only.
 
 Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the package is testable without models.
 """
@@ -23,7 +23,9 @@ from autoannotate.types import Detections
 if TYPE_CHECKING:
     from autoannotate.config import RunSettings
 
-_DETECTOR_TASKS = frozenset({"detect", "segment"})
+# YOLO tasks whose predictions carry axis-aligned boxes: detection, segmentation and pose models (a pose model is a
+# person detector with keypoints; the keypoints are not used). Classification has no boxes, OBB rotated ones.
+_DETECTOR_TASKS = frozenset({"detect", "segment", "pose"})
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,13 @@ class Detector:
         except Exception as err:  # ultralytics raises many types for a bad file; all mean "not a detector"
             raise ModelError(
                 f"{weights!r} is not a loadable YOLO detector ({one_line(err, 100)});"
-                " pass a YOLO detection or segmentation model (.pt, or an export ultralytics loads) with --det-model"
+                " pass a YOLO detection, segmentation or pose model (.pt, or an export ultralytics loads) with"
+                " --det-model"
             ) from None
         task = getattr(model, "task", None)
         if task not in _DETECTOR_TASKS:
             raise ModelError(
-                f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection or segmentation model"
+                f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection, segmentation or pose model"
                 " with --det-model"
             )
         if onednn_for(device, onednn):

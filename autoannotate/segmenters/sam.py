@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,10 @@ from autoannotate.segmenters.sam_transforms import (
 )
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
 from autoannotate.types import Detections, Masks
+
+if TYPE_CHECKING:
+    from autoannotate.runtime.openvino_parts import OpenVinoSettings
+    from autoannotate.segmenters.sam_openvino import OpenVinoSam
 
 __all__ = [
     "SAM_ASSET_NAMES",
@@ -270,6 +274,7 @@ class BoxSegmenter:
         self._mask_decoder = cast(Callable[..., tuple[torch.Tensor, torch.Tensor]], parts.mask_decoder)
         self._dense_pe = cast(Callable[[], torch.Tensor], parts.prompt_encoder.get_dense_pe)
         self._shared_decoder = shared_image_decoder(parts.mask_decoder)
+        self._openvino: OpenVinoSam | None = None  # use_openvino: the encoder and decoder compiled by OpenVINO
         self._half = bool(half)
         self._decoder_batch_size = decoder_batch_size
         self._variant = variant
@@ -323,6 +328,39 @@ class BoxSegmenter:
         """Return cached CUDA memory to the device (after an out-of-memory error); nothing to do on CPU."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def use_openvino(self, settings: OpenVinoSettings, model_sha256: str | None, convert: bool = True) -> str:
+        """Run the image encoder and the mask decoder on OpenVINO from now on (``segmenters.sam_openvino``); the
+        prompt encoder and postprocessing stay in PyTorch. ``settings.precision`` ``"bf16"`` is what ``half`` means
+        there.
+
+        Args:
+            settings: See ``runtime.openvino_parts.OpenVinoSettings``.
+            model_sha256: The checkpoint's sha256, for the cache key (None: a digest of the weights).
+            convert: Convert the parts when the cache does not hold them (else raise).
+
+        Returns:
+            What runs, for the manifest and the console, e.g. ``"openvino 2026.4.1 f32 (converted)"``.
+
+        Raises:
+            OpenVinoUnavailable: One line: not installed, not a CPU float32 model, or a part failed to convert or
+                compile (nothing changed: PyTorch keeps running it).
+        """
+        from autoannotate.runtime.openvino_parts import OpenVinoUnavailable, openvino_version
+        from autoannotate.segmenters.sam_openvino import openvino_sam
+
+        if self.device.type != "cpu":
+            raise OpenVinoUnavailable(f"OpenVINO runs on the CPU, this model is on {self.device}")
+        if self._shared_decoder is None:
+            raise OpenVinoUnavailable(f"{self._variant}'s mask decoder has no OpenVINO path")
+        self._openvino = openvino_sam(self._model, self._shared_decoder, self._variant, model_sha256, settings, convert)
+        how = "converted and cached" if self._openvino.converted else "from the cache"
+        return f"openvino {openvino_version()} {self._openvino.precision} ({how})"
+
+    @property
+    def runtime(self) -> str:
+        """``"openvino"`` once ``use_openvino`` succeeded, else ``"torch"``."""
+        return "torch" if self._openvino is None else "openvino"
 
     @property
     def model(self) -> torch.nn.Module:
@@ -441,8 +479,11 @@ class BoxSegmenter:
                 # Channels-last: the TinyViT stem and stage-1 depthwise convolutions run 3-4x faster in this
                 # layout on CPU (oneDNN), and the later stages already produce it; values are unchanged.
                 batch = batch.contiguous(memory_format=torch.channels_last)
-                with self._autocast(device):
-                    embeddings = self._image_encoder(batch)
+                if self._openvino is not None:
+                    embeddings = self._openvino.encode(batch)
+                else:
+                    with self._autocast(device):
+                        embeddings = self._image_encoder(batch)
                 image_pe = self._dense_pe()
                 for k, i in enumerate(todo):
                     results[i] = self._segment_one(
@@ -473,6 +514,7 @@ class BoxSegmenter:
         low_res = torch.empty((n, 1, LOW_RES_SIZE, LOW_RES_SIZE), dtype=torch.float32, device=device)
         iou_pred = torch.empty((n,), dtype=torch.float32, device=device)
         side: ImageSide | None = None  # the decoder's work shared by all prompts of this image (first chunk)
+        shared = self._openvino or self._shared_decoder
         for with_box, n_points, members in prompts.groups():
             for start in range(0, len(members), chunk):
                 index = members[start : start + chunk]
@@ -489,7 +531,7 @@ class BoxSegmenter:
                     points=point_input, boxes=boxes_input[index] if with_box else None, masks=None
                 )
                 with self._autocast(device):
-                    if self._shared_decoder is None:
+                    if shared is None:
                         logits, iou = self._mask_decoder(
                             image_embeddings=embedding,
                             image_pe=image_pe,
@@ -500,8 +542,8 @@ class BoxSegmenter:
                     else:
                         # No mask prompt: every prompt's dense embedding is the same no-mask vector.
                         if side is None:
-                            side = self._shared_decoder.image_side(embedding, image_pe, dense[:1])
-                        logits, iou = self._shared_decoder(side, sparse)
+                            side = shared.image_side(embedding, image_pe, dense[:1])
+                        logits, iou = shared(side, sparse)
                 at = torch.as_tensor(index, dtype=torch.int64, device=device)
                 low_res[at] = logits.float()
                 iou_pred[at] = iou.float()[:, 0]

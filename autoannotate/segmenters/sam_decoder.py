@@ -81,6 +81,11 @@ class SharedImageDecoder:
         self._decoder: Any = mask_decoder
         self._transformer: Any = mask_decoder.transformer
 
+    @property
+    def module(self) -> nn.Module:
+        """The mask decoder whose layers this forward calls."""
+        return self._decoder
+
     def image_side(self, embedding: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor) -> ImageSide:
         """``embedding``, ``image_pe``: ``(1, C, H, W)``; ``dense``: ``(1, C, H, W)``, the dense prompt embedding
         of every prompt of the image (the no-mask embedding: masks are never prompted here)."""

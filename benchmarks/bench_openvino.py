@@ -1,0 +1,164 @@
+"""SAM/MobileSAM on PyTorch against OpenVINO (``--runtime``), side by side in one run: speed, parity, agreement.
+
+    python benchmarks/bench_openvino.py [--sam-model mobile_sam.pt] [--images DIR] [--boxes 8] [--threads 1]
+
+Four ways to run the same weights on the same images and boxes, as a run runs them (``BoxSegmenter``, oneDNN
+routing on x86-64): PyTorch fp32, PyTorch bf16 autocast (``--half``), OpenVINO fp32, OpenVINO bf16. Prints, per way:
+seconds per image for the image encoder, ms per box for the decoder (the rest of ``predict``: prompt encoder,
+decoder, postprocessing), and against PyTorch fp32: the largest embedding and low-res logit differences, and the
+mask agreement (mean IoU of the final masks, and the share of masks identical pixel for pixel). Also the one-off
+costs: converting the three parts, and loading them back from the cache.
+
+Without ``--sam-model`` the real MobileSAM architecture with random weights is used (speed does not depend on the
+weights; the agreement figures then describe random masks, so pass a real checkpoint to quote them). Without
+``--images``, synthetic scenes (``common.synthetic_scene_bgr``); boxes are drawn at random inside each image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OtherLoadMeter, machine_lines, mask_iou, synthetic_scene_bgr
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _images(folder: str | None, count: int) -> list[np.ndarray]:
+    """RGB uint8 images: the first ``count`` of ``folder`` (sorted), else synthetic scenes."""
+    if folder is None:
+        rng = np.random.default_rng(0)
+        return [cv2.cvtColor(synthetic_scene_bgr(rng, (1280, 720)), cv2.COLOR_BGR2RGB) for _ in range(count)]
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not paths:
+        raise SystemExit(f"no images in {folder}")
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+
+
+def _boxes(rng: np.random.Generator, hw: tuple[int, int], n: int) -> np.ndarray:
+    h, w = hw
+    x1, y1 = rng.uniform(0, w * 0.7, n), rng.uniform(0, h * 0.7, n)
+    return np.stack([x1, y1, x1 + rng.uniform(20, w * 0.3, n), y1 + rng.uniform(20, h * 0.3, n)], axis=1)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sam-model", help="a SAM/MobileSAM checkpoint (default: MobileSAM with random weights)")
+    parser.add_argument("--images", help="a folder of photos (default: synthetic scenes)")
+    parser.add_argument("--count", type=int, default=3, help="images")
+    parser.add_argument("--boxes", type=int, default=8, help="boxes per image")
+    parser.add_argument("--threads", type=int, default=1, help="threads (a run uses one per inference worker)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes over the images (best kept)")
+    args = parser.parse_args()
+
+    import torch
+
+    from autoannotate.runtime.cpu_kernels import use_onednn
+    from autoannotate.runtime.openvino_parts import OpenVinoSettings, openvino_version
+    from autoannotate.segmenters.sam import BoxSegmenter, load_sam
+
+    torch.set_num_threads(args.threads)
+    for line in machine_lines():
+        print(line)
+    print(f"openvino {openvino_version()}, threads {args.threads}")
+    torch.manual_seed(0)
+    if args.sam_model:
+        model, variant = load_sam(args.sam_model)
+        weights = args.sam_model
+    else:
+        from ultralytics.models.sam.build import build_mobile_sam
+
+        model, variant, weights = build_mobile_sam().eval(), "mobile_sam", "random weights"
+    use_onednn(model)
+    print(f"model: {variant} ({weights})")
+    rng = np.random.default_rng(1)
+    images = _images(args.images, args.count)
+    cache = Path(tempfile.mkdtemp(prefix="bench_openvino_"))
+
+    ways: dict[str, BoxSegmenter] = {}
+    for name, half in (("torch fp32", False), ("torch bf16", True)):
+        ways[name] = BoxSegmenter(model, half=half, variant=variant)
+    for name, precision in (("openvino fp32", "f32"), ("openvino bf16", "bf16")):
+        segmenter = BoxSegmenter(model, variant=variant)
+        settings = OpenVinoSettings(precision, 1, args.threads, cache)
+        _, seconds = _timed(lambda s=segmenter, o=settings: s.use_openvino(o, None))
+        print(f"{name}: ready in {seconds:.1f} s ({'converted' if precision == 'f32' else 'read from the cache'})")
+        ways[name] = segmenter
+
+    prepared = [ways["torch fp32"].prepare(image) for image in images]
+    boxes = [_boxes(rng, image.shape[:2], args.boxes) for image in images]
+    meter = OtherLoadMeter()
+    meter.start()
+    results: dict[str, list[Any]] = {}
+    embeddings: dict[str, list[Any]] = {}
+    timings: dict[str, tuple[float, float]] = {}
+    cpu = torch.device("cpu")
+    for name, segmenter in ways.items():
+        ov = segmenter._openvino  # the compiled parts (benchmark-only access)
+        mean, std = segmenter._pixel_stats(cpu)
+
+        def encode(p: Any, s: BoxSegmenter = segmenter, o: Any = ov, m: Any = mean, d: Any = std) -> Any:
+            with torch.inference_mode():
+                x = s._encoder_input(p, cpu, m, d)[None].contiguous(memory_format=torch.channels_last)
+                if o is not None:
+                    return o.encode(x)
+                with s._autocast(cpu):
+                    return s._image_encoder(x).float()
+
+        encode(prepared[0])  # warm-up
+        segmenter.predict(prepared[:1], boxes[:1])
+        best_enc, best_all = float("inf"), float("inf")
+        for _ in range(args.repeats):
+            embs, t_enc = _timed(lambda e=encode: [e(p) for p in prepared])  # type: ignore[misc]
+            out, t_all = _timed(lambda s=segmenter: s.predict(prepared, boxes))  # type: ignore[misc]
+            best_enc, best_all = min(best_enc, t_enc), min(best_all, t_all)
+        embeddings[name], results[name], timings[name] = embs, out, (best_enc, best_all)
+
+    n_img, n_box = len(prepared), len(prepared) * args.boxes
+    print(f"\n{n_img} images x {args.boxes} boxes; against torch fp32:")
+    print(
+        "way             encoder s/img  decoder ms/box  encoder speed-up  max|emb diff|  max|logit diff|  mask IoU"
+        "  identical masks"
+    )
+    base_enc, base_all = timings["torch fp32"]
+    base_dec = base_all - base_enc
+    for name in ways:
+        t_enc, t_all = timings[name]
+        t_dec = max(t_all - t_enc, 1e-9)
+        pairs = zip(embeddings[name], embeddings["torch fp32"], strict=True)
+        emb_diff = max(float((a - b).abs().max()) for a, b in pairs)
+        logit_diff = max(
+            float(np.abs(a.low_res_logits - b.low_res_logits).max())
+            for a, b in zip(results[name], results["torch fp32"], strict=True)
+        )
+        ious, same = [], 0
+        for a, b in zip(results[name], results["torch fp32"], strict=True):
+            for i in range(len(a.iou_pred)):
+                ma, mb = a.mask(i), b.mask(i)
+                ious.append(mask_iou(ma, mb))
+                same += int(np.array_equal(ma, mb))
+        print(
+            f"{name:15s} {t_enc / n_img:13.3f}  {t_dec / n_box * 1e3:14.1f}  x{base_enc / t_enc:15.2f}  "
+            f"{emb_diff:13.1e}  {logit_diff:15.1e}  {np.mean(ious):8.4f}  {same}/{len(ious)}"
+            f"   (decoder x{base_dec / t_dec:.2f})"
+        )
+    print(f"other processes' load during the timings: {meter.other_cores():.2f} cores")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""``--runtime``: the choice rule, the conversion cache (keyed, reused, repaired, shared by concurrent processes), the
+fallback to PyTorch with one line, and whole runs on OpenVINO. The MobileSAM reference parity test runs on OpenVINO
+in ``test_segment_parity.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import stand_in_model_args, synthetic_scene_bgr
+
+from autoannotate.errors import ConfigError
+from autoannotate.runtime.choice import OPENVINO_AUTO_MIN_ITEMS, RuntimeChoice, choose_runtime, requested_runtime
+from autoannotate.runtime.openvino_parts import (
+    OpenVinoSettings,
+    PartSpec,
+    compile_part,
+    openvino_version,
+    part_cache_dir,
+)
+
+pytestmark = pytest.mark.skipif(openvino_version() is None, reason="openvino is not installed")
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------------ the rule
+
+
+@pytest.mark.parametrize(
+    ("requested", "on_cpu", "installed", "x86_64", "long_run", "expected"),
+    [
+        # auto on an x86-64 CPU with OpenVINO: a long run converts, a short one uses a cached conversion only
+        ("auto", True, True, True, True, RuntimeChoice(openvino=True, convert=True, explicit=False)),
+        ("auto", True, True, True, False, RuntimeChoice(openvino=True, convert=False, explicit=False)),
+        # auto: not installed, not x86-64 (not measured there), or a GPU run: PyTorch
+        ("auto", True, False, True, True, RuntimeChoice(openvino=False, convert=False, explicit=False)),
+        ("auto", True, True, False, True, RuntimeChoice(openvino=False, convert=False, explicit=False)),
+        ("auto", False, True, True, True, RuntimeChoice(openvino=False, convert=False, explicit=False)),
+        # openvino converts whatever the run's size; a failure is then said (explicit)
+        ("openvino", True, True, True, False, RuntimeChoice(openvino=True, convert=True, explicit=True)),
+        ("openvino", True, False, False, False, RuntimeChoice(openvino=True, convert=True, explicit=True)),
+        # torch is torch
+        ("torch", True, True, True, True, RuntimeChoice(openvino=False, convert=False, explicit=False)),
+    ],
+)
+def test_choose_runtime(
+    requested: str, on_cpu: bool, installed: bool, x86_64: bool, long_run: bool, expected: RuntimeChoice
+) -> None:
+    got = choose_runtime(requested, on_cpu=on_cpu, installed=installed, x86_64=x86_64, long_run=long_run)
+    assert got == expected
+
+
+def test_environment_replaces_auto_only() -> None:
+    assert requested_runtime("auto", {}) == "auto"
+    assert requested_runtime("auto", {"AUTOANNOTATE_RUNTIME": "Torch "}) == "torch"
+    assert requested_runtime("openvino", {"AUTOANNOTATE_RUNTIME": "torch"}) == "openvino"  # the flag wins
+    with pytest.raises(ConfigError, match=r"^invalid AUTOANNOTATE_RUNTIME='cuda': use auto, torch or openvino$"):
+        requested_runtime("auto", {"AUTOANNOTATE_RUNTIME": "cuda"})
+
+
+# ------------------------------------------------------------------------------------------------- the cache
+
+
+def test_cache_key_changes_with_everything_that_decides_the_graph(tmp_path: Path) -> None:
+    spec = PartSpec("mobile_sam/image_encoder", "ab" * 32, 1, ((1, 3, 1024, 1024),))
+    base = part_cache_dir(spec, tmp_path, "2026.4.1")
+    assert base == part_cache_dir(PartSpec(*vars(spec).values()), tmp_path, "2026.4.1")  # deterministic
+    assert base.parent == tmp_path / "openvino" and base.name.startswith("mobile_sam-image_encoder-")
+    changed = [
+        part_cache_dir(PartSpec(spec.name, "cd" * 32, 1, spec.input_shapes), tmp_path, "2026.4.1"),  # weights
+        part_cache_dir(PartSpec(spec.name, spec.model_sha256, 2, spec.input_shapes), tmp_path, "2026.4.1"),
+        part_cache_dir(PartSpec(spec.name, spec.model_sha256, 1, ((1, 3, 512, 512),)), tmp_path, "2026.4.1"),
+        part_cache_dir(PartSpec("sam_b/image_encoder", spec.model_sha256, 1, spec.input_shapes), tmp_path, "2026.4.1"),
+        part_cache_dir(spec, tmp_path, "2026.5.0"),  # the runtime's version
+    ]
+    assert len({base, *changed}) == 6
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(16, 64)
+        self.b = torch.nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.b(torch.nn.functional.gelu(self.a(x))), (y * 3.0).softmax(-1)
+
+
+def _tiny_part(tmp_path: Path) -> tuple[_Tiny, tuple[torch.Tensor, torch.Tensor], PartSpec, OpenVinoSettings]:
+    module = _Tiny().eval()
+    inputs = (torch.randn(2, 5, 16), torch.randn(2, 3, 16))
+    spec = PartSpec("tiny/part", "00" * 32, 1, ((-1, -1, 16), (-1, -1, 16)))
+    return module, inputs, spec, OpenVinoSettings("f32", 1, 1, tmp_path / "cache")
+
+
+def test_part_converts_once_then_loads_from_the_cache_and_matches_torch(tmp_path: Path) -> None:
+    module, inputs, spec, settings = _tiny_part(tmp_path)
+    first = compile_part(module, inputs, spec, settings)
+    assert first.converted
+    folder = part_cache_dir(spec, settings.cache_root, str(openvino_version()))
+    weights = folder / "model.bin"
+    assert (folder / "model.xml").is_file()
+    # saved as float32 (not compressed to fp16): at least 4 bytes per parameter
+    assert weights.stat().st_size >= 4 * sum(p.numel() for p in module.parameters())
+    second = compile_part(module, inputs, spec, settings)
+    assert not second.converted
+    for batch, rows in ((2, 5), (7, 1), (1, 9)):  # the dynamic dimensions take any size
+        x, y = torch.randn(batch, rows, 16), torch.randn(batch, 4, 16)
+        with torch.no_grad():
+            expected = module(x, y)
+        got = second(x.numpy(), y.numpy())
+        for g, e in zip(got, expected, strict=True):
+            assert g.shape == tuple(e.shape)
+            assert np.abs(g - e.numpy()).max() <= 1e-6
+
+
+def test_a_damaged_cache_entry_is_converted_again(tmp_path: Path) -> None:
+    module, inputs, spec, settings = _tiny_part(tmp_path)
+    compile_part(module, inputs, spec, settings)
+    folder = part_cache_dir(spec, settings.cache_root, str(openvino_version()))
+    (folder / "model.xml").write_text("<net>cut sh")
+    again = compile_part(module, inputs, spec, settings)
+    assert again.converted
+    got = again(*(t.numpy() for t in inputs))[0]
+    with torch.no_grad():
+        assert np.abs(got - module(*inputs)[0].numpy()).max() <= 1e-6
+    assert not compile_part(module, inputs, spec, settings).converted  # repaired on disk
+
+
+def test_concurrent_processes_converting_one_part_share_one_cache_entry(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_openvino import _tiny_part
+        from autoannotate.runtime.openvino_parts import compile_part
+        module, inputs, spec, settings = _tiny_part(Path({str(tmp_path)!r}))
+        part = compile_part(module, inputs, spec, settings)
+        print(float(part(*(t.numpy() for t in inputs))[0].sum()))
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outputs)) == 1  # the same numbers from whichever copy each process read or wrote
+    entries = sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir())
+    assert [e for e in entries if e != "compiled"] == [
+        part_cache_dir(_tiny_part(tmp_path)[2], tmp_path / "cache", str(openvino_version())).name
+    ]  # one entry, no staging folder left behind
+
+
+# --------------------------------------------------------------------------------------------------- whole runs
+
+
+def _images(root: Path, n: int = 2) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(root / f"im{i}.png"), synthetic_scene_bgr((60, 90), seed=i))
+    return root
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoannotate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _segmenter_record(out: Path) -> dict:
+    return json.loads((out / "autoannotate.json").read_text())["models"]["segmenter"]
+
+
+def _label_lines(out: Path) -> dict[str, int]:
+    return {p.name: len(p.read_text().splitlines()) for p in sorted((out / "labels").glob("*.txt"))}
+
+
+def test_runs_on_openvino_convert_once_then_read_the_cache(
+    tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path
+) -> None:
+    data = _images(tmp_path / "data")
+    models = stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=3)
+    cache = os.environ["AUTOANNOTATE_CACHE_DIR"]  # the session's: test_segment_parity reads this conversion back
+    first = _cli(["run", "--data", str(data), "--output-dir", str(tmp_path / "ov1"), *models, "--runtime", "openvino"])
+    assert first.returncode == 0, first.stderr
+    record = _segmenter_record(tmp_path / "ov1")
+    assert record["runtime"] in (
+        f"openvino {openvino_version()} f32 (converted and cached)",
+        f"openvino {openvino_version()} f32 (from the cache)",  # another test of this session converted it
+    )
+    assert Path(cache, "openvino").is_dir()
+
+    # the next run reads the conversion back, and so does --runtime auto however short the run
+    second = _cli(["run", "--data", str(data), "--output-dir", str(tmp_path / "ov2"), *models, "--runtime", "openvino"])
+    assert second.returncode == 0, second.stderr
+    assert _segmenter_record(tmp_path / "ov2")["runtime"] == f"openvino {openvino_version()} f32 (from the cache)"
+    auto_args = ["run", "--data", str(data), "--output-dir", str(tmp_path / "auto"), *models]
+    auto = _cli(auto_args, {"AUTOANNOTATE_RUNTIME": ""})
+    assert auto.returncode == 0, auto.stderr
+    assert _segmenter_record(tmp_path / "auto")["runtime"] == f"openvino {openvino_version()} f32 (from the cache)"
+
+    # the same instances as PyTorch (same detector, masks equal to float rounding: test_segment_parity)
+    torch_run = _cli(["run", "--data", str(data), "--output-dir", str(tmp_path / "pt"), *models, "--runtime", "torch"])
+    assert torch_run.returncode == 0, torch_run.stderr
+    assert _segmenter_record(tmp_path / "pt")["runtime"] == "torch"
+    assert _label_lines(tmp_path / "ov1") == _label_lines(tmp_path / "pt") == {"im0.txt": 3, "im1.txt": 3}
+    assert "OpenVINO" not in first.stderr + second.stderr + auto.stderr  # no fallback line
+
+
+def test_auto_on_a_short_run_does_not_convert(tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path) -> None:
+    data = _images(tmp_path / "data")
+    assert OPENVINO_AUTO_MIN_ITEMS > 2
+    fresh = tmp_path / "fresh_cache"
+    env = {"AUTOANNOTATE_RUNTIME": "", "AUTOANNOTATE_CACHE_DIR": str(fresh)}
+    models = stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=2)
+    result = _cli(["run", "--data", str(data), "--output-dir", str(tmp_path / "out"), *models], env)
+    assert result.returncode == 0, result.stderr
+    assert _segmenter_record(tmp_path / "out")["runtime"] == "torch"
+    assert not (fresh / "openvino").exists()
+    assert "note:" not in result.stderr  # nothing to say: auto quietly chose PyTorch
+
+
+def test_openvino_that_cannot_load_falls_back_to_torch_with_one_line(
+    tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path
+) -> None:
+    # a broken OpenVINO install, for real: a package named openvino that fails on import shadows the real one
+    shadow = tmp_path / "shadow" / "openvino"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('libopenvino.so.2600: cannot open shared object file')\n")
+    data = _images(tmp_path / "data")
+    models = stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=2)
+    env = {"PYTHONPATH": os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out"
+    result = _cli(["run", "--data", str(data), "--output-dir", str(out), *models, "--runtime", "openvino"], env)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "OpenVINO" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("note: OpenVINO could not compile mobile_sam/image_encoder (")
+    assert lines[0].endswith("cannot open shared object file); PyTorch runs the segmenter")
+    assert "Traceback" not in result.stderr
+    assert _segmenter_record(out)["runtime"] == "torch"
+    assert _label_lines(out) == {"im0.txt": 2, "im1.txt": 2}
+
+
+def test_bad_runtime_values_are_one_line_errors(tmp_path: Path, yolo_weights: Path, mobile_sam_weights: Path) -> None:
+    data = _images(tmp_path / "data", n=1)
+    models = stand_in_model_args(yolo_weights, mobile_sam_weights, max_det=1)
+    flag = _cli(["run", "--data", str(data), "--output-dir", str(tmp_path / "a"), *models, "--runtime", "tensorrt"])
+    assert flag.returncode == 2
+    assert "tensorrt" in flag.stderr and "Traceback" not in flag.stderr
+    env = _cli(
+        ["run", "--data", str(data), "--output-dir", str(tmp_path / "b"), *models], {"AUTOANNOTATE_RUNTIME": "gpu"}
+    )
+    assert env.returncode == 2
+    expected = "error: invalid AUTOANNOTATE_RUNTIME='gpu': use auto, torch or openvino"
+    assert env.stderr.strip().splitlines()[-1] == expected
+
+
+def test_a_model_without_a_file_is_keyed_by_its_weights() -> None:
+    import copy
+
+    from autoannotate.segmenters.sam_openvino import state_dict_sha256
+
+    model = torch.nn.Linear(2, 2)
+    twin = copy.deepcopy(model)
+    assert state_dict_sha256(model) == state_dict_sha256(twin)
+    with torch.no_grad():
+        twin.bias[0] += 1e-6
+    assert state_dict_sha256(model) != state_dict_sha256(twin)
