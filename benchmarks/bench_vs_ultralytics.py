@@ -59,19 +59,14 @@ IOU_THRESHOLD = 0.45
 IMGSZ_PX = 640
 BUSY_CORES = 0.2  # a run during which other processes used more CPU than this is retried (--retry-busy)
 
-ULTRALYTICS, ULTRALYTICS_ALL_CORES, AUTOANNOTATE, AUTOANNOTATE_HALF = (
-    "ultralytics",
-    "ultralytics all cores",
-    "autoannotate",
-    "autoannotate --half",
-)
+ULTRALYTICS, ULTRALYTICS_ALL_CORES, AUTOANNOTATE = ("ultralytics", "ultralytics all cores", "autoannotate")
 
 
 @dataclass(frozen=True)
 class Settings:
     conf: float
     max_det: int
-    runtime: str | None = None  # autoannotate's --runtime, when given
+    runtimes: tuple[str, ...] = ()  # autoannotate's --runtime values, each with its own rows (empty: not passed)
 
 
 @dataclass(frozen=True)
@@ -117,7 +112,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--det-model", type=Path, help="a real detector file (default: the random YOLOv8s stand-in)")
     parser.add_argument("--sam-model", type=Path, help="a real MobileSAM checkpoint (default: the stand-in)")
     parser.add_argument(
-        "--runtime", choices=("auto", "torch", "openvino"), help="autoannotate's --runtime (default: not passed)"
+        "--runtime",
+        help="autoannotate's --runtime, or several comma-separated (e.g. torch,openvino): each adds its own"
+        " autoannotate rows, the first is compared with --half and the labels (default: not passed, i.e. auto)",
     )
     parser.add_argument(
         "--max-det", type=int, help="detections per image (default 8 with the stand-in detector, else 300)"
@@ -332,10 +329,10 @@ def run_autoannotate(
         "--device",
         "cpu",
     ]
-    if variant == AUTOANNOTATE_HALF:
+    if variant.endswith(" --half"):
         command.append("--half")
-    if settings.runtime:
-        command += ["--runtime", settings.runtime]
+    if "--runtime " in variant:
+        command += ["--runtime", variant.split("--runtime ")[1].split()[0]]
     started_epoch_s = time.time()
     measured, stdout = _run_logged(command, work / "logs" / name)
     events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
@@ -440,7 +437,7 @@ def print_runs(results: list[RunResult]) -> None:
     print("\nruns, in the order they ran (other load = CPU used by other processes meanwhile, in cores):")
     for r in results:
         print(
-            f"  {r.variant:<22} #{r.repeat + 1}  process {r.process_s:6.1f}s (cpu {r.cpu_s:6.1f}s)"
+            f"  {r.variant:<40} #{r.repeat + 1}  process {r.process_s:6.1f}s (cpu {r.cpu_s:6.1f}s)"
             f"  first label {r.first_label_s:5.1f}s  images {r.steady_s:6.1f}s  other load {r.other_cores:4.2f}"
             f"  [{r.compute}]\n      {r.detail}"
         )
@@ -448,7 +445,7 @@ def print_runs(results: list[RunResult]) -> None:
 
 def print_table(results: list[RunResult], variants: list[str]) -> None:
     header = (
-        f"{'tool':<22} {'images':>6} {'steady s':>9} {'s/img':>6} {'img/s':>6} {'x ultra':>8}"
+        f"{'tool':<40} {'images':>6} {'steady s':>9} {'s/img':>6} {'img/s':>6} {'x ultra':>8}"
         f" {'process s':>10} {'img/s':>6} {'x ultra':>8} {'cpu s':>7} {'other load':>10}"
     )
     print(f"\nmedian over repeats; 'x ultra' = this tool's images/s / ultralytics' images/s (same column)\n{header}")
@@ -461,7 +458,7 @@ def print_table(results: list[RunResult], variants: list[str]) -> None:
         steady_s = median([r.steady_s for r in runs])
         process_s = median([r.process_s for r in runs])
         print(
-            f"{variant:<22} {images:>6} {steady_s:>9.1f} {steady_s / images:>6.2f} {images / steady_s:>6.3f}"
+            f"{variant:<40} {images:>6} {steady_s:>9.1f} {steady_s / images:>6.2f} {images / steady_s:>6.3f}"
             f" {base_steady_s / steady_s:>8.2f} {process_s:>10.1f} {images / process_s:>6.3f}"
             f" {base_process_s / process_s:>8.2f} {median([r.cpu_s for r in runs]):>7.1f}"
             f" {median([r.other_cores for r in runs]):>10.2f}"
@@ -470,7 +467,7 @@ def print_table(results: list[RunResult], variants: list[str]) -> None:
     print("\ntime to first label (process start to the first label file written), median over repeats:")
     for variant in variants:
         shown = median([r.first_label_s for r in results if r.variant == variant])
-        print(f"  {variant:<22} {shown:6.1f} s")
+        print(f"  {variant:<40} {shown:6.1f} s")
     print(
         "steady s: autoannotate = the --json summary 'seconds' (after both models are loaded: first-image detector"
         " setup and every image, decode to label file).\n"
@@ -496,7 +493,7 @@ def print_warm_table(results: list[RunResult], variants: list[str]) -> None:
     print(
         "\nthroughput once warm (what a long run gets): images after the first label file (less the others in flight"
         " with it) / seconds from the first label file to the last, by file modification time; median over repeats"
-        f"\n{'tool':<22} {'images':>6} {'seconds':>8} {'s/img':>6} {'img/s':>6} {'x ultra':>8}"
+        f"\n{'tool':<40} {'images':>6} {'seconds':>8} {'s/img':>6} {'img/s':>6} {'x ultra':>8}"
     )
     for variant in variants:
         runs = [r for r in results if r.variant == variant]
@@ -504,14 +501,16 @@ def print_warm_table(results: list[RunResult], variants: list[str]) -> None:
         images, _ = warm[id(runs[0])]
         seconds = median([warm[id(r)][1] for r in runs])
         print(
-            f"{variant:<22} {images:>6} {seconds:>8.1f} {s_per_image:>6.2f} {1 / s_per_image:>6.3f}"
+            f"{variant:<40} {images:>6} {seconds:>8.1f} {s_per_image:>6.2f} {1 / s_per_image:>6.3f}"
             f" {base / s_per_image:>8.2f}"
         )
 
 
 def print_labels(inputs: Inputs, results: list[RunResult], variants: list[str], half_ran: bool) -> None:
+    """Labels of ultralytics against the first autoannotate row, and of that row's ``--half`` against it."""
     first = {r.variant: r for r in results if r.repeat == 0}
-    ultra_dir, auto_dir = first[ULTRALYTICS].label_dir, first[AUTOANNOTATE].label_dir
+    auto_name = next(v for v in variants if v.startswith(AUTOANNOTATE))
+    ultra_dir, auto_dir = first[ULTRALYTICS].label_dir, first[auto_name].label_dir
     print("\nsame labels? instances per image (first repeat):")
     print("\n".join(f"  {line}" for line in compare_counts(inputs, ultra_dir, auto_dir)))
     mean_iou, min_iou, compared, skipped = mean_mask_iou(inputs, ultra_dir, False, auto_dir, True)
@@ -528,7 +527,7 @@ def print_labels(inputs: Inputs, results: list[RunResult], variants: list[str], 
         identical = all(same_files(repeats[0].label_dir, r.label_dir) for r in repeats[1:])
         print(f"  {variant}: label files identical across its {len(repeats)} repeats: {'yes' if identical else 'NO'}")
     if half_ran:
-        half_dir = first[AUTOANNOTATE_HALF].label_dir
+        half_dir = first[f"{auto_name} --half"].label_dir
         mean_iou, min_iou, compared, skipped = mean_mask_iou(inputs, auto_dir, True, half_dir, True)
         print("\n--half (bf16 autocast) vs float32 autoannotate, same inputs:")
         if mean_iou is None:
@@ -614,7 +613,7 @@ def main() -> None:
     settings = Settings(
         conf=args.conf if args.conf is not None else (0.25 if real_detector else 1e-4),
         max_det=args.max_det if args.max_det is not None else (300 if real_detector else 8),
-        runtime=args.runtime,
+        runtimes=tuple(v.strip() for v in args.runtime.split(",") if v.strip()) if args.runtime else (),
     )
     work = Path(tempfile.mkdtemp(prefix="bench_vs_ultralytics_"))
     try:
@@ -637,14 +636,16 @@ def main() -> None:
         print(
             f"inputs: {len(inputs.resolution_wh_by_stem)} images in one flat folder ({where}); conf {settings.conf},"
             f" iou {IOU_THRESHOLD}, imgsz {IMGSZ_PX}, max_det {settings.max_det}, device cpu"
-            f"{f', autoannotate --runtime {settings.runtime}' if settings.runtime else ''}"
+            f"{f', autoannotate --runtime {args.runtime}' if settings.runtimes else ''}"
         )
         detector = f"{weights.yolov8s} (real)" if real_detector else f"{weights.yolov8s.name} (random YOLOv8s)"
         print(f"models: {detector}, {weights.mobile_sam} ({weights.standin})")
         if not args.skip_half and not half_ran:
             print("note: `autoannotate run --help` does not list --half: the --half row is skipped")
-        variants = [ULTRALYTICS, *([] if args.skip_all_cores else [ULTRALYTICS_ALL_CORES]), AUTOANNOTATE]
-        variants += [AUTOANNOTATE_HALF] if half_ran else []
+        variants = [ULTRALYTICS, *([] if args.skip_all_cores else [ULTRALYTICS_ALL_CORES])]
+        for runtime in settings.runtimes or ("",):
+            name = AUTOANNOTATE + (f" --runtime {runtime}" if runtime else "")
+            variants += [name, f"{name} --half"] if half_ran else [name]
         results: list[RunResult] = []
         for repeat in range(args.repeats):
             for variant in variants:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -157,6 +158,38 @@ def test_concurrent_processes_converting_one_part_share_one_cache_entry(tmp_path
     assert [e for e in entries if e != "compiled"] == [
         part_cache_dir(_tiny_part(tmp_path)[2], tmp_path / "cache", str(openvino_version())).name
     ]  # one entry, no staging folder left behind
+
+
+def test_a_bf16_output_that_is_not_finite_is_recomputed_in_float32() -> None:
+    """bf16 parts whose output is NaN or inf (seen: a random-weight MobileSAM's encoder on OpenVINO bf16) are called
+    again in float32, part by part; finite outputs are kept as bf16 gave them."""
+    from autoannotate.segmenters.sam_openvino import OpenVinoSam
+
+    calls: list[str] = []
+
+    def part(name: str, value: float, n_out: int = 1) -> Any:
+        def call(*inputs: np.ndarray) -> list[np.ndarray]:
+            calls.append(name)
+            return [np.full((1, 4), value, np.float32) for _ in range(n_out)]
+
+        return call
+
+    ov = OpenVinoSam(
+        part("enc bf16", np.nan),
+        part("side bf16", 1.0, 4),
+        part("prompts bf16", np.inf, 2),
+        torch.zeros(1, 4, 4),
+        (2, 2),
+        (),
+        (part("enc f32", 2.0), part("side f32", 3.0, 4), part("prompts f32", 4.0, 2)),
+    )
+    assert float(ov.encode(torch.zeros(2, 3, 4, 4)).max()) == 2.0  # each image of the batch
+    side = ov.image_side(torch.zeros(1, 4), torch.zeros(1), torch.zeros(1))
+    assert float(side.tokens.max()) == 1.0  # finite in bf16: kept
+    logits, iou = ov(side, torch.zeros(3, 2, 4))
+    assert float(logits.max()) == float(iou.max()) == 4.0
+    assert calls == ["enc bf16", "enc f32", "enc bf16", "enc f32", "side bf16", "prompts bf16", "prompts f32"]
+    assert ov.redone_in_f32 == 3
 
 
 # --------------------------------------------------------------------------------------------------- whole runs

@@ -16,7 +16,9 @@ runs the MobileSAM reference parity test on both runtimes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,8 +116,17 @@ class OpenVinoSam:
         pe_tokens: torch.Tensor,
         hw: tuple[int, int],
         cache_dirs: tuple[Path, ...],
+        f32: tuple[CompiledPart, CompiledPart, CompiledPart] | None = None,
     ) -> None:
         self._encoder, self._side, self._prompts = encoder, side, prompts
+        # With bf16 parts: the same three in float32, for an output that bf16 made non-finite. Measured here: the
+        # random-weight MobileSAM's TinyViT gives NaN embeddings on OpenVINO bf16 (PyTorch's bf16 autocast keeps
+        # its normalisations in float32 and does not); such an image is redone in float32 rather than giving NaN
+        # logits, i.e. empty masks.
+        self._f32 = f32
+        self._lock = threading.Lock()
+        #: How many part calls were redone in float32 because bf16 gave a non-finite output.
+        self.redone_in_f32 = 0
         self._pe_tokens = pe_tokens
         self._hw = hw
         #: Where the converted parts are kept.
@@ -133,18 +144,28 @@ class OpenVinoSam:
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 1024, 1024)`` float32 -> ``(B, 256, 64, 64)`` float32 embeddings, one image per request."""
-        out = [self._encoder(batch[i : i + 1].contiguous().numpy())[0] for i in range(batch.shape[0])]
+        out = [self._finite(0, batch[i : i + 1].contiguous().numpy())[0] for i in range(batch.shape[0])]
         return torch.from_numpy(np.concatenate(out))
+
+    def _finite(self, part: int, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Part ``part`` (0 encoder, 1 image side, 2 prompts) on ``inputs``; again in float32 when a bf16 output
+        is not finite."""
+        outputs = (self._encoder, self._side, self._prompts)[part](*inputs)
+        if self._f32 is not None and not all(np.isfinite(out).all() for out in outputs):
+            outputs = self._f32[part](*inputs)
+            with self._lock:
+                self.redone_in_f32 += 1
+        return outputs
 
     def image_side(self, embedding: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor) -> ImageSide:
         """As ``SharedImageDecoder.image_side``; ``image_pe`` and the no-mask ``dense`` are baked into the part."""
-        tokens, k, v, q = (torch.from_numpy(a) for a in self._side(embedding.float().contiguous().numpy()))
+        tokens, k, v, q = (torch.from_numpy(a) for a in self._finite(1, embedding.float().contiguous().numpy()))
         return ImageSide(tokens, self._pe_tokens, k, v, q, self._hw)
 
     def __call__(self, side: ImageSide, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As ``SharedImageDecoder.__call__``: ``(B, 1, 4H, 4W)`` logits and ``(B, 1)`` IoU predictions."""
         arrays = [t.numpy() for t in (side.tokens, side.first_k, side.first_v, side.first_q)]
-        logits, iou = self._prompts(*arrays, sparse.float().contiguous().numpy())
+        logits, iou = self._finite(2, *arrays, sparse.float().contiguous().numpy())
         return torch.from_numpy(logits), torch.from_numpy(iou)
 
 
@@ -220,6 +241,11 @@ def openvino_sam(
         raise OpenVinoUnavailable("the OpenVINO conversion of this model is not cached yet")
     with _plain_layers(model):
         compiled = [compile_part(module, inputs, spec, settings) for module, inputs, spec in parts]
+        f32: tuple[CompiledPart, CompiledPart, CompiledPart] | None = None
+        if settings.precision != "f32":  # read back from the cache just written: compiling only
+            as_f32 = dataclasses.replace(settings, precision="f32")
+            encoder, side, prompts = (compile_part(m, i, spec, as_f32) for m, i, spec in parts)
+            f32 = (encoder, side, prompts)
     prompts_module = parts[2][0]
     assert isinstance(prompts_module, _PromptsModule)
-    return OpenVinoSam(compiled[0], compiled[1], compiled[2], prompts_module.pe_tokens, prompts_module.hw, folders)
+    return OpenVinoSam(compiled[0], compiled[1], compiled[2], prompts_module.pe_tokens, prompts_module.hw, folders, f32)
