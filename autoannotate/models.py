@@ -19,7 +19,7 @@ from autoannotate.prompts import prompt_source_for
 from autoannotate.prompts.base import PromptSource
 from autoannotate.prompts.nms import AcrossClassesNMS
 from autoannotate.resume import Journal, PreviousRun
-from autoannotate.runtime.choice import choose_runtime, requested_runtime
+from autoannotate.runtime.choice import choose_runtime, machine_prefers_openvino, requested_runtime
 from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
 from autoannotate.segmenters import load_segmenter
 from autoannotate.segmenters.base import POINT_PROMPTS, Segmenter, prompt_kinds
@@ -36,10 +36,14 @@ class Models:
     batch: int
     plan: ComputePlan
     records: dict[str, Any]
-    #: What runs the segmenter: ``"torch"``, or e.g. ``"openvino 2026.4.1 f32 (from the cache)"``.
-    runtime: str = "torch"
     #: One-line notes for the user (e.g. OpenVINO asked for but unavailable: PyTorch runs it).
     notices: tuple[str, ...] = ()
+
+    @property
+    def runtime(self) -> str:
+        """What runs the segmenter (as the manifest records it): ``"torch"``, or e.g.
+        ``"openvino 2026.4.1 f32 (from the cache)"``."""
+        return str(self.records["segmenter"].get("runtime", "torch"))
 
     @property
     def names(self) -> dict[int, str]:
@@ -86,7 +90,7 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None, long_run
     runtime, notices = _apply_runtime(settings, segmenter, plan, records["segmenter"].get("sha256"), long_run)
     records["segmenter"]["runtime"] = runtime
     apply_threads(plan)
-    return Models(prompts, segmenter, batch, plan, records, runtime, notices)
+    return Models(prompts, segmenter, batch, plan, records, notices)
 
 
 def _apply_runtime(
@@ -104,7 +108,7 @@ def _apply_runtime(
             f"--runtime openvino runs on the CPU, but this run's device is {plan.device}: pass --device cpu, or"
             " --runtime auto"
         )
-    from autoannotate.runtime.openvino_parts import machine_prefers_openvino, openvino_version
+    from autoannotate.runtime.openvino_parts import openvino_version
 
     version = openvino_version() if requested != "torch" else None
     choice = choose_runtime(

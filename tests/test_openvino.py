@@ -239,6 +239,7 @@ def test_runs_on_openvino_convert_once_then_read_the_cache(
     second = _cli(["run", "--data", str(data), "--output-dir", str(tmp_path / "ov2"), *models, "--runtime", "openvino"])
     assert second.returncode == 0, second.stderr
     assert _segmenter_record(tmp_path / "ov2")["runtime"] == f"openvino {openvino_version()} f32 (from the cache)"
+    assert f", segmenter on openvino {openvino_version()} f32 (from the cache)" in second.stderr  # the device line
     auto_args = ["run", "--data", str(data), "--output-dir", str(tmp_path / "auto"), *models]
     auto = _cli(auto_args, {"AUTOANNOTATE_RUNTIME": ""})
     assert auto.returncode == 0, auto.stderr

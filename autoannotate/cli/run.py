@@ -155,7 +155,8 @@ def _run(
             plan = models.plan
             err_console.print(
                 f"device {plan.device}, {plan.infer_workers} inference worker(s) x {plan.torch_threads} thread(s),"
-                f" batch {models.batch}{', half precision' if settings.runtime.half else ''}",
+                f" batch {models.batch}{', half precision' if settings.runtime.half else ''}"
+                f"{f', segmenter on {models.runtime}' if models.runtime != 'torch' else ''}",
                 markup=False,
             )
         shown = len(job.notices)

@@ -14,12 +14,20 @@ run's size, and falls back to PyTorch with one warning line when it cannot. ``AU
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from autoannotate.errors import ConfigError
 
-__all__ = ["ENV_VAR", "OPENVINO_AUTO_MIN_ITEMS", "RuntimeChoice", "choose_runtime", "requested_runtime"]
+__all__ = [
+    "ENV_VAR",
+    "OPENVINO_AUTO_MIN_ITEMS",
+    "RuntimeChoice",
+    "choose_runtime",
+    "machine_prefers_openvino",
+    "requested_runtime",
+]
 
 #: Environment variable that replaces ``--runtime auto``: ``torch``, ``openvino`` or ``auto``.
 ENV_VAR = "AUTOANNOTATE_RUNTIME"
@@ -36,6 +44,12 @@ class RuntimeChoice:
     openvino: bool
     convert: bool
     explicit: bool
+
+
+def machine_prefers_openvino(machine: str | None = None) -> bool:
+    """Whether ``auto`` may choose OpenVINO here: x86-64, where it was measured faster (the issue's AMD Zen 5 and
+    this project's Intel Xeon VMs), as ``runtime.cpu_kernels`` decides for oneDNN. On Arm it was not measured."""
+    return (platform.machine() if machine is None else machine).lower() in ("x86_64", "amd64")
 
 
 def requested_runtime(option: str, environ: Mapping[str, str] | None = None) -> str:

@@ -12,8 +12,8 @@ Precision: ``precision="f32"`` is float32 throughout (OpenVINO's CPU plugin woul
 have it, so it is always set); ``"bf16"`` lets the plugin compute in bfloat16 (``--half``). The weights are saved
 uncompressed (``compress_to_fp16=False``), so fp32 matches PyTorch to float rounding.
 
-Only the segmenter glue (``segmenters/sam_openvino.py``) imports this module, and only when the run asked for it:
-``openvino`` is imported inside the functions, so a torch-only run never loads it.
+The segmenter glue (``segmenters/sam_openvino.py``) and ``models.py`` import this module only when a run may use
+OpenVINO, and ``openvino`` itself is imported inside the functions, so a torch-only run never loads it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -234,9 +233,3 @@ def bf16_supported() -> bool:
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def machine_prefers_openvino(machine: str | None = None) -> bool:
-    """Whether ``--runtime auto`` may choose OpenVINO here: x86-64, where it was measured faster (the issue's AMD
-    Zen 5 and this project's Intel Xeon dev machines). On Arm it was not measured: PyTorch stays the default."""
-    return (platform.machine() if machine is None else machine).lower() in ("x86_64", "amd64")
