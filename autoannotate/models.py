@@ -6,7 +6,9 @@ their pipeline here (``load_models`` then ``build_annotator``), so they annotate
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,14 +85,36 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None, long_run
     prompts = entry.build(settings, plan.device)
     if settings.prompts.agnostic_nms:  # every source: end-to-end detectors and label boxes have no NMS of their own
         prompts = AcrossClassesNMS(prompts, settings.prompts.iou)
-    segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
-    _check_prompt_kinds(entry.prompt_kinds, segmenter, settings.segmenter.sam_model)
-    batch = settings.runtime.batch or segmenter.default_batch()
-    records = _model_records(settings, prompts, segmenter)
-    runtime, notices = _apply_runtime(settings, segmenter, plan, records["segmenter"].get("sha256"), long_run)
-    records["segmenter"]["runtime"] = runtime
+    warming = _warm_up_in_background(prompts)
+    try:
+        segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
+        _check_prompt_kinds(entry.prompt_kinds, segmenter, settings.segmenter.sam_model)
+        batch = settings.runtime.batch or segmenter.default_batch()
+        records = _model_records(settings, prompts, segmenter)
+        runtime, notices = _apply_runtime(settings, segmenter, plan, records["segmenter"].get("sha256"), long_run)
+        records["segmenter"]["runtime"] = runtime
+    finally:
+        if warming is not None:
+            warming.join()  # no thread outlives loading, and the first real call never races it
     apply_threads(plan)
     return Models(prompts, segmenter, batch, plan, records, notices)
+
+
+def _warm_up_in_background(prompts: PromptSource) -> threading.Thread | None:
+    """Start the prompt source's optional ``warm_up()`` (its first call's one-off costs) in a thread, to overlap
+    the segmenter's loading. A warm-up that fails is ignored: the first real call fails the same way, reported as
+    usual."""
+    warm_up = getattr(prompts, "warm_up", None)
+    if not callable(warm_up):
+        return None
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            warm_up()
+
+    thread = threading.Thread(target=run, name="autoannotate-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _apply_runtime(

@@ -128,3 +128,40 @@ def test_pose_and_classification_models(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"is a YOLO 'classify' model, not a detector") as info:
         Detector.from_weights(str(cls_path), torch.device("cpu"))
     assert "\n" not in str(info.value)
+
+
+def test_warm_up_overlaps_the_segmenter_loading_and_changes_no_detection(
+    tmp_path: Path, yolo_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_models`` starts the detector's first-call costs in a thread while the segmenter loads, and joins it
+    before returning: the predictor is then set up, and the boxes equal those of a detector never warmed up."""
+    import threading
+
+    from autoannotate import models as models_module
+    from autoannotate.config import build_settings
+
+    started = threading.Event()
+    real_warm_up, real_load = Detector.warm_up, models_module.load_segmenter
+
+    def warm_up(self: Detector) -> None:
+        started.set()
+        real_warm_up(self)
+
+    def load_segmenter(*args: object, **kwargs: object) -> object:
+        assert started.wait(60)  # the warm-up runs meanwhile
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Detector, "warm_up", warm_up)
+    monkeypatch.setattr(models_module, "load_segmenter", load_segmenter)
+    options = {"data": str(tmp_path), "det_model": str(yolo_weights), "sam_model": "none", "device": "cpu"}
+    settings = build_settings(None, {**options, "conf": 1e-4, "max_det": 4})
+    models = models_module.load_models(settings)
+    assert not [t for t in threading.enumerate() if t.name == "autoannotate-warm-up"]
+    assert models.prompts.model.predictor is not None  # type: ignore[attr-defined]
+    image = np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    cold = Detector.from_weights(str(yolo_weights), torch.device("cpu")).with_settings(models.prompts.settings)  # type: ignore[attr-defined]
+    (warm_boxes,) = models.prompts.boxes([image], [Path("x.png")])  # type: ignore[list-item]
+    (cold_boxes,) = cold.detect([image])
+    assert len(warm_boxes.xyxy) == 4
+    np.testing.assert_array_equal(warm_boxes.xyxy, cold_boxes.xyxy)
+    np.testing.assert_array_equal(warm_boxes.confidence, cold_boxes.confidence)

@@ -160,9 +160,32 @@ def test_concurrent_processes_converting_one_part_share_one_cache_entry(tmp_path
     ]  # one entry, no staging folder left behind
 
 
+def test_each_precision_keeps_its_own_compiled_blobs(tmp_path: Path) -> None:
+    """float32 and bf16 compiles of one graph never share OpenVINO's blob cache: its key ignores the precision for
+    MobileSAM's encoder, and a bf16 compile that imported the float32 blob gave all-NaN embeddings."""
+    from autoannotate.runtime.openvino_parts import bf16_supported
+
+    module, inputs, spec, settings = _tiny_part(tmp_path)
+    f32 = compile_part(module, inputs, spec, settings)
+    twin = f32.in_precision("bf16")
+    assert (f32.precision, twin.precision, twin.converted) == ("f32", "bf16", False)
+    compiled = tmp_path / "cache" / "openvino" / "compiled"
+    assert sorted(p.name for p in compiled.iterdir()) == ["bf16", "f32"]
+    assert len(list((compiled / "f32").glob("*.blob"))) == 1
+    assert len(list((compiled / "bf16").glob("*.blob"))) == 1
+    x = [t.numpy() for t in inputs]
+    with torch.no_grad():
+        expected = module(*inputs)[0].numpy()
+    assert np.abs(f32(*x)[0] - expected).max() <= 1e-6
+    got = twin(*x)[0]
+    assert np.isfinite(got).all() and np.abs(got - expected).max() <= 0.05
+    if bf16_supported():  # really computed in bf16: not the float32 result
+        assert np.abs(got - expected).max() > 1e-6
+
+
 def test_a_bf16_output_that_is_not_finite_is_recomputed_in_float32() -> None:
-    """bf16 parts whose output is NaN or inf (seen: a random-weight MobileSAM's encoder on OpenVINO bf16) are called
-    again in float32, part by part; finite outputs are kept as bf16 gave them."""
+    """bf16 parts whose output is NaN or inf are called again in float32, part by part (each float32 twin compiled
+    once, on first need); finite outputs are kept as bf16 gave them."""
     from autoannotate.segmenters.sam_openvino import OpenVinoSam
 
     calls: list[str] = []
@@ -181,8 +204,10 @@ def test_a_bf16_output_that_is_not_finite_is_recomputed_in_float32() -> None:
         torch.zeros(1, 4, 4),
         (2, 2),
         (),
-        (part("enc f32", 2.0), part("side f32", 3.0, 4), part("prompts f32", 4.0, 2)),
+        lambda index: (compiled.append(index), twins[index])[1],
     )
+    compiled: list[int] = []
+    twins = (part("enc f32", 2.0), part("side f32", 3.0, 4), part("prompts f32", 4.0, 2))
     assert float(ov.encode(torch.zeros(2, 3, 4, 4)).max()) == 2.0  # each image of the batch
     side = ov.image_side(torch.zeros(1, 4), torch.zeros(1), torch.zeros(1))
     assert float(side.tokens.max()) == 1.0  # finite in bf16: kept
@@ -190,6 +215,7 @@ def test_a_bf16_output_that_is_not_finite_is_recomputed_in_float32() -> None:
     assert float(logits.max()) == float(iou.max()) == 4.0
     assert calls == ["enc bf16", "enc f32", "enc bf16", "enc f32", "side bf16", "prompts bf16", "prompts f32"]
     assert ov.redone_in_f32 == 3
+    assert compiled == [0, 2]  # the encoder's twin compiled once for both images; the finite side's never
 
 
 # --------------------------------------------------------------------------------------------------- whole runs

@@ -7,6 +7,7 @@ and ``errors.py`` how every command ends: the exit-code table and one ``error:``
 
 from __future__ import annotations
 
+import gc
 import signal
 
 from autoannotate.cli import merge, review, run
@@ -37,4 +38,10 @@ def main() -> None:
     # SIGTERM (CI cancel, docker stop, timeout) ends a run like Ctrl-C does: Python delivers it to the main thread as
     # an exception, so every finally block runs; process-wide, hence here and not at import.
     signal.signal(signal.SIGTERM, _raise_terminated)
-    app(prog_name="autoannotate")
+    try:
+        app(prog_name="autoannotate")
+    finally:
+        # Everything is written and closed by now. Python's collection at exit walks every object torch,
+        # ultralytics and OpenVINO created (measured: ~1 s of a 10-image run's 1.7 s from its last file to its exit);
+        # frozen objects are skipped by it. Refcounting and the modules' own teardown still run.
+        gc.freeze()

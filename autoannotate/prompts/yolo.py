@@ -159,6 +159,14 @@ class Detector:
         """The classes it returns (applied inside ultralytics' NMS), or None for all."""
         return self.settings.class_ids
 
+    def warm_up(self) -> None:
+        """Pay the first call's one-off costs now, on a blank image: ultralytics' predictor setup and model warm-up,
+        and the imports of its postprocessing (~3 s of a 10-image CPU run's first label on the Xeon VM).
+        ``models.load_models`` runs it while the segmenter loads. PyTorch models only: an export's backend may fix
+        its batch size on its first call. Detections of later calls do not depend on it."""
+        if str(self.weights_path or "").endswith(".pt"):
+            self._predict([np.zeros((64, 64, 3), np.uint8)])
+
     def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
         """The prompt-source interface (``prompts.base.PromptSource``): run the detector (``rel_paths`` unused)."""
         return self.detect(images_bgr)

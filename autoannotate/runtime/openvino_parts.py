@@ -19,6 +19,7 @@ OpenVINO, and ``openvino`` itself is imported inside the functions, so a torch-o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -123,12 +124,32 @@ class CompiledPart:
     request reuses its output buffers). Thread-safe: each calling thread gets its own infer request (inference
     workers call concurrently, one stream each)."""
 
-    def __init__(self, compiled: Any, precision: str, converted: bool) -> None:
+    def __init__(self, compiled: Any, precision: str, converted: bool, model: Any = None, settings: Any = None) -> None:
         self._compiled = compiled
         self._local = threading.local()
         self.precision = precision
         #: Whether this run converted the part (False: read from the cache).
         self.converted = converted
+        self._model = model  # the converted graph, to compile it again in another precision
+        self._settings = settings
+
+    def in_precision(self, precision: str) -> CompiledPart:
+        """The same converted graph compiled for ``precision`` ("f32" or "bf16"); nothing converted again.
+
+        Raises:
+            OpenVinoUnavailable: One line: it did not compile.
+        """
+        if self._model is None or self._settings is None:
+            raise OpenVinoUnavailable("this part keeps no graph to compile again")
+        settings = dataclasses.replace(self._settings, precision=precision)
+        try:
+            import openvino as ov
+
+            compiled = _compile(ov.Core(), self._model, settings)
+        except Exception as err:
+            reason = one_line(err, 120)
+            raise OpenVinoUnavailable(f"OpenVINO could not compile a part in {precision} ({reason})") from err
+        return CompiledPart(compiled, precision, False, self._model, settings)
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         request = getattr(self._local, "request", None)
@@ -186,6 +207,27 @@ def _read_cached(core: Any, folder: Path) -> Any | None:
         return None
 
 
+def _compile(core: Any, model: Any, settings: OpenVinoSettings) -> Any:
+    """``model`` compiled for the CPU plugin as ``settings`` say (precision forced, streams, threads, blob cache)."""
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": settings.precision,
+        "NUM_STREAMS": max(1, settings.streams),
+        "INFERENCE_NUM_THREADS": max(1, settings.threads),
+        # Not pinned: a run compiles several parts, each with its own streams, and the CPU plugin pins stream k
+        # of every part to the same core k. Two workers in different parts (one encoding, one decoding) then
+        # share one core while the other idles: measured, both calls took twice as long and the run used one core.
+        "ENABLE_CPU_PINNING": False,
+    }
+    # One folder per precision: OpenVINO 2026.4's blob key ignores INFERENCE_PRECISION_HINT for MobileSAM's
+    # encoder, so a bf16 compile imported the float32 blob and gave all-NaN embeddings, 1.7x slower than f32
+    # (measured; the tiny test part gets two keys, the encoder one).
+    blobs = settings.cache_root / "openvino" / "compiled" / settings.precision
+    with contextlib.suppress(OSError):  # compiled for this CPU: the next compile of it takes a fraction
+        blobs.mkdir(parents=True, exist_ok=True)
+        config["CACHE_DIR"] = str(blobs)
+    return core.compile_model(model, "CPU", config)
+
+
 def compile_part(
     module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], spec: PartSpec, settings: OpenVinoSettings
 ) -> CompiledPart:
@@ -211,21 +253,12 @@ def compile_part(
             model = _convert(module, example_inputs, spec)
             with contextlib.suppress(OSError):  # an unwritable cache costs the next run a conversion, nothing more
                 _save_atomically(model, folder)
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": settings.precision,
-            "NUM_STREAMS": max(1, settings.streams),
-            "INFERENCE_NUM_THREADS": max(1, settings.threads),
-        }
-        blobs = settings.cache_root / "openvino" / "compiled"
-        with contextlib.suppress(OSError):  # compiled for this CPU: the next compile of it takes a fraction
-            blobs.mkdir(parents=True, exist_ok=True)
-            config["CACHE_DIR"] = str(blobs)
-        compiled = core.compile_model(model, "CPU", config)
+        compiled = _compile(core, model, settings)
     except OpenVinoUnavailable:
         raise
     except Exception as err:  # OpenVINO and torch.export raise many types; each is one reason to fall back
         raise OpenVinoUnavailable(f"OpenVINO could not compile {spec.name} ({one_line(err, 120)})") from err
-    return CompiledPart(compiled, settings.precision, converted)
+    return CompiledPart(compiled, settings.precision, converted, model, settings)
 
 
 def bf16_supported() -> bool:

@@ -209,9 +209,15 @@ def default_batch_size(device: torch.device | str) -> int:
 
 
 def default_decoder_batch_size(device: torch.device | str) -> int:
-    """Most boxes per mask-decoder call on ``device``: 32 on CUDA (one launch sequence for a typical image), 8 on
-    CPU, where time per box is the same from 1 to 32 boxes per call but a chunk of 32 holds ~1 GB of activations."""
-    return 32 if torch.device(device).type == "cuda" else 8
+    """Most boxes per mask-decoder call on ``device``: 32 on CUDA (one launch sequence for a typical image), 2 on
+    CPU. Nothing is shared between the boxes of one call there (the image side is computed once per image anyway,
+    ``sam_decoder``), and each box carries ~30 MB of its own activations, so larger calls only spill the caches:
+    MobileSAM's decoder at one thread on the Intel Xeon VM, ms per box for 32 boxes in chunks of 1/2/4/8/16/32
+    (best-worst of 3 rounds, ``benchmarks/bench_decoder.py --chunks 1,2,4,8,16,32 --openvino``): PyTorch 129-224 /
+    118-181 / 142-194 / 154-269 / 185-310 / 276-327; OpenVINO 151-203 / 144-148 / 123-146 / 120-154 / 124-143 /
+    141-167. Two rather than one: half the calls, and on OpenVINO only two prompt shapes ever reach the compiled
+    decoder (each new shape is planned on its first call)."""
+    return 32 if torch.device(device).type == "cuda" else 2
 
 
 # --------------------------------------------------------------------------------------------------------------------

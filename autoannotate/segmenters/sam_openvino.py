@@ -16,10 +16,9 @@ runs the MobileSAM reference parity test on both runtimes.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,14 +115,15 @@ class OpenVinoSam:
         pe_tokens: torch.Tensor,
         hw: tuple[int, int],
         cache_dirs: tuple[Path, ...],
-        f32: tuple[CompiledPart, CompiledPart, CompiledPart] | None = None,
+        f32: Callable[[int], CompiledPart] | None = None,
     ) -> None:
         self._encoder, self._side, self._prompts = encoder, side, prompts
-        # With bf16 parts: the same three in float32, for an output that bf16 made non-finite. Measured here: the
-        # random-weight MobileSAM's TinyViT gives NaN embeddings on OpenVINO bf16 (PyTorch's bf16 autocast keeps
-        # its normalisations in float32 and does not); such an image is redone in float32 rather than giving NaN
-        # logits, i.e. empty masks.
-        self._f32 = f32
+        # With bf16 parts: part i compiled in float32 (on first need, then kept), for an output that bf16 made
+        # non-finite: such a call is redone in float32 rather than giving NaN logits, i.e. empty masks. A safety net
+        # (reduced-precision ViTs can overflow); the NaNs first seen here came from OpenVINO's blob cache
+        # (``openvino_parts.compile_part``), not from bf16 itself.
+        self._f32_factory = f32
+        self._f32: dict[int, CompiledPart] = {}
         self._lock = threading.Lock()
         #: How many part calls were redone in float32 because bf16 gave a non-finite output.
         self.redone_in_f32 = 0
@@ -151,10 +151,13 @@ class OpenVinoSam:
         """Part ``part`` (0 encoder, 1 image side, 2 prompts) on ``inputs``; again in float32 when a bf16 output
         is not finite."""
         outputs = (self._encoder, self._side, self._prompts)[part](*inputs)
-        if self._f32 is not None and not all(np.isfinite(out).all() for out in outputs):
-            outputs = self._f32[part](*inputs)
+        if self._f32_factory is not None and not all(np.isfinite(out).all() for out in outputs):
             with self._lock:
                 self.redone_in_f32 += 1
+                if part not in self._f32:
+                    self._f32[part] = self._f32_factory(part)
+                redo = self._f32[part]
+            outputs = redo(*inputs)
         return outputs
 
     def image_side(self, embedding: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor) -> ImageSide:
@@ -241,11 +244,9 @@ def openvino_sam(
         raise OpenVinoUnavailable("the OpenVINO conversion of this model is not cached yet")
     with _plain_layers(model):
         compiled = [compile_part(module, inputs, spec, settings) for module, inputs, spec in parts]
-        f32: tuple[CompiledPart, CompiledPart, CompiledPart] | None = None
-        if settings.precision != "f32":  # read back from the cache just written: compiling only
-            as_f32 = dataclasses.replace(settings, precision="f32")
-            encoder, side, prompts = (compile_part(m, i, spec, as_f32) for m, i, spec in parts)
-            f32 = (encoder, side, prompts)
+        # bf16: each part's float32 twin is compiled from the same graph on first need (a non-finite output)
+        f32 = (lambda index: compiled[index].in_precision("f32")) if settings.precision != "f32" else None
+
     prompts_module = parts[2][0]
     assert isinstance(prompts_module, _PromptsModule)
     return OpenVinoSam(compiled[0], compiled[1], compiled[2], prompts_module.pe_tokens, prompts_module.hw, folders, f32)
