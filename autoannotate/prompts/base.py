@@ -18,7 +18,11 @@ from autoannotate.types import Detections
 
 
 class PromptSource(Protocol):
-    """Box prompts for batches of images. Called from one thread at a time (the pipeline serialises calls)."""
+    """Box prompts for batches of images. Called from one thread at a time (the pipeline serialises calls).
+
+    Optional: ``warm_up() -> None``, the first call's one-off costs paid ahead; ``models.load_models`` runs it in a
+    thread while the segmenter loads and joins it before the first image (``prompts.yolo.Detector.warm_up``).
+    """
 
     @property
     def names(self) -> dict[int, str]:
