@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -189,25 +188,28 @@ def test_a_bf16_output_that_is_not_finite_is_recomputed_in_float32() -> None:
     from autoannotate.segmenters.sam_openvino import OpenVinoSam
 
     calls: list[str] = []
+    compiled: list[int] = []
 
-    def part(name: str, value: float, n_out: int = 1) -> Any:
-        def call(*inputs: np.ndarray) -> list[np.ndarray]:
-            calls.append(name)
-            return [np.full((1, 4), value, np.float32) for _ in range(n_out)]
+    class Part:
+        def __init__(self, index: int, precision: str, value: float, n_out: int) -> None:
+            self.index, self.precision, self.value, self.n_out = index, precision, value, n_out
 
-        return call
+        def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+            calls.append(f"{('enc', 'side', 'prompts')[self.index]} {self.precision}")
+            return [np.full((1, 4), self.value, np.float32) for _ in range(self.n_out)]
+
+        def in_precision(self, precision: str) -> Part:
+            compiled.append(self.index)
+            return Part(self.index, precision, float(self.index + 2), self.n_out)
 
     ov = OpenVinoSam(
-        part("enc bf16", np.nan),
-        part("side bf16", 1.0, 4),
-        part("prompts bf16", np.inf, 2),
+        Part(0, "bf16", np.nan, 1),
+        Part(1, "bf16", 1.0, 4),
+        Part(2, "bf16", np.inf, 2),
         torch.zeros(1, 4, 4),
         (2, 2),
         (),
-        lambda index: (compiled.append(index), twins[index])[1],
     )
-    compiled: list[int] = []
-    twins = (part("enc f32", 2.0), part("side f32", 3.0, 4), part("prompts f32", 4.0, 2))
     assert float(ov.encode(torch.zeros(2, 3, 4, 4)).max()) == 2.0  # each image of the batch
     side = ov.image_side(torch.zeros(1, 4), torch.zeros(1), torch.zeros(1))
     assert float(side.tokens.max()) == 1.0  # finite in bf16: kept

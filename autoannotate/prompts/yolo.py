@@ -162,9 +162,9 @@ class Detector:
     def warm_up(self) -> None:
         """Pay the first call's one-off costs now, on a blank image: ultralytics' predictor setup and model warm-up,
         and the imports of its postprocessing (~3 s of a 10-image CPU run's first label on the Xeon VM).
-        ``models.load_models`` runs it while the segmenter loads. PyTorch models only: an export's backend may fix
-        its batch size on its first call. Detections of later calls do not depend on it."""
-        if str(self.weights_path or "").endswith(".pt"):
+        ``models.load_models`` runs it while the segmenter loads. PyTorch models only (as ``_use_onednn`` tells
+        them): an export's backend may fix its batch size on its first call. Later detections do not depend on it."""
+        if isinstance(getattr(self._model, "model", None), torch.nn.Module):
             self._predict([np.zeros((64, 64, 3), np.uint8)])
 
     def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:

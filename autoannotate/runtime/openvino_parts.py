@@ -124,14 +124,18 @@ class CompiledPart:
     request reuses its output buffers). Thread-safe: each calling thread gets its own infer request (inference
     workers call concurrently, one stream each)."""
 
-    def __init__(self, compiled: Any, precision: str, converted: bool, model: Any = None, settings: Any = None) -> None:
+    def __init__(self, compiled: Any, converted: bool, model: Any, settings: OpenVinoSettings) -> None:
         self._compiled = compiled
         self._local = threading.local()
-        self.precision = precision
         #: Whether this run converted the part (False: read from the cache).
         self.converted = converted
         self._model = model  # the converted graph, to compile it again in another precision
         self._settings = settings
+
+    @property
+    def precision(self) -> str:
+        """``"f32"`` or ``"bf16"``: what it was compiled for."""
+        return self._settings.precision
 
     def in_precision(self, precision: str) -> CompiledPart:
         """The same converted graph compiled for ``precision`` ("f32" or "bf16"); nothing converted again.
@@ -139,8 +143,6 @@ class CompiledPart:
         Raises:
             OpenVinoUnavailable: One line: it did not compile.
         """
-        if self._model is None or self._settings is None:
-            raise OpenVinoUnavailable("this part keeps no graph to compile again")
         settings = dataclasses.replace(self._settings, precision=precision)
         try:
             import openvino as ov
@@ -149,7 +151,7 @@ class CompiledPart:
         except Exception as err:
             reason = one_line(err, 120)
             raise OpenVinoUnavailable(f"OpenVINO could not compile a part in {precision} ({reason})") from err
-        return CompiledPart(compiled, precision, False, self._model, settings)
+        return CompiledPart(compiled, False, self._model, settings)
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         request = getattr(self._local, "request", None)
@@ -258,7 +260,7 @@ def compile_part(
         raise
     except Exception as err:  # OpenVINO and torch.export raise many types; each is one reason to fall back
         raise OpenVinoUnavailable(f"OpenVINO could not compile {spec.name} ({one_line(err, 120)})") from err
-    return CompiledPart(compiled, settings.precision, converted, model, settings)
+    return CompiledPart(compiled, converted, model, settings)
 
 
 def bf16_supported() -> bool:

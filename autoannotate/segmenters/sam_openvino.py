@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,14 +115,12 @@ class OpenVinoSam:
         pe_tokens: torch.Tensor,
         hw: tuple[int, int],
         cache_dirs: tuple[Path, ...],
-        f32: Callable[[int], CompiledPart] | None = None,
     ) -> None:
-        self._encoder, self._side, self._prompts = encoder, side, prompts
-        # With bf16 parts: part i compiled in float32 (on first need, then kept), for an output that bf16 made
-        # non-finite: such a call is redone in float32 rather than giving NaN logits, i.e. empty masks. A safety net
-        # (reduced-precision ViTs can overflow); the NaNs first seen here came from OpenVINO's blob cache
-        # (``openvino_parts.compile_part``), not from bf16 itself.
-        self._f32_factory = f32
+        self._parts = (encoder, side, prompts)
+        # With bf16 parts: a part whose bf16 output is not finite is called again in float32 (its float32 twin,
+        # ``CompiledPart.in_precision``, compiled on first need and kept) rather than giving NaN logits, i.e. empty
+        # masks. A safety net (reduced-precision ViTs can overflow); the NaNs first seen here came from OpenVINO's
+        # blob cache (``openvino_parts._compile``), not from bf16 itself.
         self._f32: dict[int, CompiledPart] = {}
         self._lock = threading.Lock()
         #: How many part calls were redone in float32 because bf16 gave a non-finite output.
@@ -135,12 +133,12 @@ class OpenVinoSam:
     @property
     def precision(self) -> str:
         """``"f32"`` or ``"bf16"``."""
-        return self._encoder.precision
+        return self._parts[0].precision
 
     @property
     def converted(self) -> bool:
         """Whether this run converted any part (False: all read from the cache)."""
-        return any(p.converted for p in (self._encoder, self._side, self._prompts))
+        return any(p.converted for p in self._parts)
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, 3, 1024, 1024)`` float32 -> ``(B, 256, 64, 64)`` float32 embeddings, one image per request."""
@@ -150,12 +148,13 @@ class OpenVinoSam:
     def _finite(self, part: int, *inputs: np.ndarray) -> list[np.ndarray]:
         """Part ``part`` (0 encoder, 1 image side, 2 prompts) on ``inputs``; again in float32 when a bf16 output
         is not finite."""
-        outputs = (self._encoder, self._side, self._prompts)[part](*inputs)
-        if self._f32_factory is not None and not all(np.isfinite(out).all() for out in outputs):
+        compiled = self._parts[part]
+        outputs = compiled(*inputs)
+        if compiled.precision != "f32" and not all(np.isfinite(out).all() for out in outputs):
             with self._lock:
                 self.redone_in_f32 += 1
                 if part not in self._f32:
-                    self._f32[part] = self._f32_factory(part)
+                    self._f32[part] = compiled.in_precision("f32")
                 redo = self._f32[part]
             outputs = redo(*inputs)
         return outputs
@@ -244,9 +243,7 @@ def openvino_sam(
         raise OpenVinoUnavailable("the OpenVINO conversion of this model is not cached yet")
     with _plain_layers(model):
         compiled = [compile_part(module, inputs, spec, settings) for module, inputs, spec in parts]
-        # bf16: each part's float32 twin is compiled from the same graph on first need (a non-finite output)
-        f32 = (lambda index: compiled[index].in_precision("f32")) if settings.precision != "f32" else None
 
     prompts_module = parts[2][0]
     assert isinstance(prompts_module, _PromptsModule)
-    return OpenVinoSam(compiled[0], compiled[1], compiled[2], prompts_module.pe_tokens, prompts_module.hw, folders, f32)
+    return OpenVinoSam(compiled[0], compiled[1], compiled[2], prompts_module.pe_tokens, prompts_module.hw, folders)
