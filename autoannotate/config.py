@@ -41,6 +41,8 @@ MIN_IMGSZ, MAX_IMGSZ = 32, 8192
 #: Most images per step: a batch is decoded and held in memory at once, so ``--batch 1000000`` would decode a
 #: whole dataset before the first inference; far above what any device gains from (CUDA default 8).
 MAX_BATCH = 1024
+#: Images per step on a CUDA device when ``--batch`` is 0 (the segmenters' ``default_batch`` there).
+CUDA_BATCH = 8
 #: Largest config file read: a config is a screenful of options, and reading stops here (``--config /dev/zero``).
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -647,10 +649,17 @@ class RuntimeSettings:
     )
     half: bool = option(
         False,
-        help="Reduced precision: bf16 autocast on CPU, fp16 on CUDA.",
+        help="Reduced precision: bf16 on CPU and on GPUs that have it, else fp16; non-finite results redone in fp32.",
         label=True,
         order=150,
-        yaml_help="reduced precision: bf16 autocast on CPUs that have it, fp16 on CUDA",
+        yaml_help="reduced precision: bf16 on CPUs and GPUs that have it, else fp16; non-finite results redone in fp32",
+    )
+    deterministic: bool = option(
+        False,
+        help="Byte-identical labels when a run is killed and rerun on the same GPU: one image per step, TF32 off,"
+        " deterministic CUDA kernels (slower on GPUs; CPU runs hold it already).",
+        order=152,
+        yaml_help="byte-identical reruns on the same GPU: one image per step, TF32 off, deterministic CUDA kernels",
     )
     runtime: RuntimeKind = option(
         RuntimeKind.AUTO,
@@ -663,6 +672,12 @@ class RuntimeSettings:
     def __post_init__(self) -> None:
         _check(
             0 <= self.batch <= MAX_BATCH, "batch", self.batch, f"an integer from 0 to {MAX_BATCH} (0 = device default)"
+        )
+        _check(
+            not (self.deterministic and self.batch > 1),
+            "batch",
+            self.batch,
+            "0 or 1 with deterministic (it infers one image per step, so that a rerun batches no image differently)",
         )
         _set_member(self, "runtime", RuntimeKind)
 

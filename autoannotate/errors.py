@@ -39,6 +39,13 @@ class ModelError(AutoAnnotateError):
     """A model file is missing, cannot be downloaded, is corrupt, or is the wrong kind for its role."""
 
 
+class DeviceError(AutoAnnotateError):
+    """The compute device failed with an error other than running out of memory (a CUDA illegal address, a
+    device-side assert): its state is unknown, so the run stops. The labels written so far are kept."""
+
+    exit_code = 3
+
+
 class ImageError(AutoAnnotateError):
     """One image cannot be used (undecodable, empty, unsupported). Recorded per image; never stops a run."""
 

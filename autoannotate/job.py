@@ -184,7 +184,8 @@ class AnnotationJob:
             requested_runtime(str(self.settings.runtime.runtime)) == RuntimeKind.AUTO
             and self.estimate(stop_at=OPENVINO_AUTO_MIN_ITEMS)[0] >= OPENVINO_AUTO_MIN_ITEMS
         )
-        self.models = load_models(self.settings, long_run=long_run)
+        per_worker = engine_entry(self.settings.engine.engine).per_worker_models
+        self.models = load_models(self.settings, long_run=long_run and not per_worker, on_cpu=per_worker)
         self.notices.extend(self.models.notices)
         return self.models
 
@@ -207,6 +208,8 @@ class AnnotationJob:
             # the classes prompts set: their names and embeddings' digest (absent for a detector's own classes, so
             # that earlier runs' labels still match)
             **({"prompts": _prompt_fingerprint(record)} if (record := self.models.prompt_record) is not None else {}),
+            # a GPU run's device kind, dtypes and TF32 (absent on the CPU, so that CPU datasets keep their fingerprints)
+            **({"compute": compute} if (compute := self.models.compute) is not None else {}),
         }
 
     def begin(self) -> PreviousRun:

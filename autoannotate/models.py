@@ -22,7 +22,16 @@ from autoannotate.prompts.base import PromptSource
 from autoannotate.prompts.nms import AcrossClassesNMS
 from autoannotate.resume import Journal, PreviousRun
 from autoannotate.runtime.choice import choose_runtime, machine_prefers_openvino, requested_runtime
-from autoannotate.runtime.device import ComputePlan, apply_threads, plan_compute, select_device
+from autoannotate.runtime.device import (
+    ComputePlan,
+    activate,
+    apply_threads,
+    compute_record,
+    make_deterministic,
+    plan_compute,
+    requested_kind,
+    select_device,
+)
 from autoannotate.segmenters import load_segmenter
 from autoannotate.segmenters.base import POINT_PROMPTS, Segmenter, prompt_kinds
 from autoannotate.writers.manifest import file_sha256
@@ -46,6 +55,12 @@ class Models:
         """What runs the segmenter (as the manifest records it): ``"torch"``, or e.g.
         ``"openvino 2026.4.1 f32 (from the cache)"``."""
         return str(self.records["segmenter"].get("runtime", "torch"))
+
+    @property
+    def compute(self) -> dict[str, Any] | None:
+        """A GPU run's device kind, dtypes and TF32 setting (``runtime.device.compute_record``); None on the CPU."""
+        compute = self.records.get("compute")
+        return dict(compute) if isinstance(compute, dict) else None
 
     @property
     def names(self) -> dict[int, str]:
@@ -72,15 +87,26 @@ class Models:
         return make() if callable(make) else None
 
 
-def load_models(settings: RunSettings, plan: ComputePlan | None = None, long_run: bool = False) -> Models:
+def load_models(
+    settings: RunSettings, plan: ComputePlan | None = None, long_run: bool = False, on_cpu: bool = False
+) -> Models:
     """Pick the device (``--device``, once), load the prompt source and the segmenter on it, choose the runtime
     (``--runtime``, ``runtime.choice``), size torch's threads.
 
     ``plan`` overrides the device's default compute plan, device included (a distributed worker owns some cores).
     ``long_run``: the run has at least ``runtime.choice.OPENVINO_AUTO_MIN_ITEMS`` items (``--runtime auto``).
+    ``on_cpu``: load on the CPU whatever ``--device`` says (a driver whose workers load their own models); the
+    spelling of ``--device`` is still checked.
     Raises ModelError, ConfigError.
     """
-    plan = plan or plan_compute(select_device(settings.runtime.device))
+    if plan is None:
+        if on_cpu:
+            requested_kind(settings.runtime.device)  # its spelling is still checked
+        plan = plan_compute(select_device("cpu" if on_cpu else settings.runtime.device))
+    activate(plan.device)
+    deterministic = settings.runtime.deterministic
+    if deterministic:  # before the models: cuBLAS reads its workspace setting when it makes its first handle
+        make_deterministic(plan.device)
     entry = prompt_source_for(settings)
     prompts = entry.build(settings, plan.device)
     if settings.prompts.agnostic_nms:  # every source: end-to-end detectors and label boxes have no NMS of their own
@@ -89,13 +115,19 @@ def load_models(settings: RunSettings, plan: ComputePlan | None = None, long_run
     try:
         segmenter = load_segmenter(settings.segmenter.sam_model, plan.device, half=settings.runtime.half)
         _check_prompt_kinds(entry.prompt_kinds, segmenter, settings.segmenter.sam_model)
-        batch = settings.runtime.batch or segmenter.default_batch()
+        # --deterministic: one image per step, so that a rerun, a shard or a Ray worker never batches one differently
+        batch = 1 if deterministic else settings.runtime.batch or segmenter.default_batch()
         records = _model_records(settings, prompts, segmenter)
         runtime, notices = _apply_runtime(settings, segmenter, plan, records["segmenter"].get("sha256"), long_run)
         records["segmenter"]["runtime"] = runtime
     finally:
         if warming is not None:
             warming.join()  # no thread outlives loading, and the first real call never races it
+    if deterministic:
+        make_deterministic(plan.device)  # again after building: ultralytics' SAM builder turns cuDNN autotuning on
+    compute = compute_record(plan.device, settings.runtime.half)
+    if compute is not None:  # a GPU run: what decides its numbers besides the settings
+        records["compute"] = compute
     apply_threads(plan)
     return Models(prompts, segmenter, batch, plan, records, notices)
 
@@ -204,6 +236,8 @@ def build_annotator(
         layout,
         batch=models.batch,
         infer_workers=models.plan.infer_workers,
+        cpu_workers=models.plan.host_workers,
+        polygon_processes=models.plan.polygon_processes,
         overwrite=s.output.overwrite,
         previous=previous,
         fingerprint=fingerprint,

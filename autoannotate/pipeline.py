@@ -7,12 +7,14 @@ order. One failing image never stops a run: it becomes a ``failed`` outcome with
 from __future__ import annotations
 
 import errno
+import gc
 import math
-import os
+import multiprocessing
+import signal
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,15 @@ import numpy as np
 
 from autoannotate.dataset.layout import DatasetLayout
 from autoannotate.dataset.yolo_seg import format_box_line, format_label_file, format_polygon_line
-from autoannotate.errors import ImageError, OutputError, one_line
+from autoannotate.errors import DeviceError, ImageError, OutputError, one_line
 from autoannotate.inputs.base import InputItem
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.prompts.base import PromptSource
 from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy
 from autoannotate.resume import Journal, LabelEntry, LabelState, PreviousRun, bytes_sha256, label_state
+from autoannotate.runtime.cores import available_cores
 from autoannotate.segmenters.base import Segmenter
-from autoannotate.types import Detections, ImageOutcome, Masks, Status
+from autoannotate.types import Detections, ImageOutcome, MaskCrop, Masks, Status
 from autoannotate.writers.atomic import write_text_atomic
 from autoannotate.writers.sidecar import instance_rows
 
@@ -91,6 +94,7 @@ class Annotator:
         infer_workers: int = 1,
         cpu_workers: int | None = None,
         box_labels: bool = False,
+        polygon_processes: int = 0,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -109,28 +113,36 @@ class Annotator:
         self.class_names = class_names or {}
         self.infer_workers = infer_workers
         self.box_labels = box_labels
-        self.cpu_workers = cpu_workers or max(1, min(4, os.cpu_count() or 1))
+        self.cpu_workers = cpu_workers or max(1, min(4, available_cores()))
         self._prompts_lock = threading.Lock()
         self._batch_cap = batch  # lowered after running out of device memory
+        self._device_fault: str | None = None  # set once the device failed: no later batch runs on it
+        self.polygon_processes = polygon_processes
+        self._shape_pool: ProcessPoolExecutor | None = None  # during run(), with polygon_processes
 
     def run(self, images: Iterable[InputItem]) -> Iterator[ImageOutcome]:
         """Annotate ``images`` in order, yielding one outcome each as soon as it and all before it are done."""
         claimed: set[Path] = set()
         max_in_flight = 2 * self.infer_workers + 2  # batches admitted but not yet yielded: bounds memory
-        pending: deque[Future[list[ImageOutcome]]] = deque()
+        pending: deque[Future[list[Future[ImageOutcome]]]] = deque()
         decode_pool = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-decode")
         infer_pool = ThreadPoolExecutor(self.infer_workers, thread_name_prefix="autoannotate-infer")
         write_pool = ThreadPoolExecutor(self.cpu_workers, thread_name_prefix="autoannotate-write")
+        if self.polygon_processes > 0:
+            # spawned, not forked: the parent holds torch's threads and maybe a CUDA context, which a fork copies
+            # broken; a child imports only numpy, OpenCV and the pipeline's torch-free modules
+            self._shape_pool = ProcessPoolExecutor(
+                self.polygon_processes, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+            )
         finished = False
         try:
             for batch in _batched(images, self.batch):
                 items = [self._admit(source, claimed, decode_pool) for source in batch]
-                inferred = infer_pool.submit(self._infer_batch, items)
-                pending.append(write_pool.submit(self._finish_batch, inferred))
-                while len(pending) >= max_in_flight or (pending and pending[0].done()):
-                    yield from pending.popleft().result()
+                pending.append(infer_pool.submit(self._infer_then_queue, items, write_pool))
+                while len(pending) >= max_in_flight or (pending and _finished(pending[0])):
+                    yield from (job.result() for job in pending.popleft().result())
             while pending:
-                yield from pending.popleft().result()
+                yield from (job.result() for job in pending.popleft().result())
             finished = True
         finally:
             # Stopped early (Ctrl-C, SIGTERM, an error, the consumer gone): drop the steps not started yet instead
@@ -138,6 +150,9 @@ class Annotator:
             # run). The dropped images' labels are simply not written; the journal tells a rerun what was.
             for pool in (decode_pool, infer_pool, write_pool):
                 pool.shutdown(wait=True, cancel_futures=not finished)
+            if self._shape_pool is not None:
+                self._shape_pool.shutdown(wait=True, cancel_futures=True)
+                self._shape_pool = None
 
     def _admit(self, source: InputItem, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""
@@ -198,26 +213,41 @@ class Annotator:
             except Exception as err:  # a decoder crash on one file must not stop the run
                 item.error = f"cannot decode: {one_line(err, 300)}"
             item.job = None
-        self._infer(live)
+        if self._device_fault is not None:  # a batch queued before the device failed: not run on it again
+            raise DeviceError(self._device_fault)
+        try:
+            self._infer(live)
+        except DeviceError as err:
+            self._device_fault = str(err)
+            raise
         return items
 
+    def _infer_then_queue(self, items: list[_Item], write_pool: ThreadPoolExecutor) -> list[Future[ImageOutcome]]:
+        """Inference stage, then each image's writing queued on its own: a batch's images are finished by as many
+        write threads as are free (a GPU batch of 8 is not written by one thread while the others idle)."""
+        return [write_pool.submit(self._finish_one, item) for item in self._infer_batch(items)]
+
     def _finish_batch(self, inferred: Future[list[_Item]]) -> list[ImageOutcome]:
-        """Writing stage: polygons and label files for a batch, once its inference is done."""
-        outcomes = []
-        for item in inferred.result():
-            try:
-                outcomes.append(self._finish(item))
-            except OutputError:
-                raise
-            except Exception as err:  # one image's polygons must not take the run down
-                outcomes.append(_outcome(item, Status.FAILED, error=f"writing labels failed: {one_line(err, 300)}"))
-        return outcomes
+        """Writing stage for a batch, in the calling thread, once its inference is done."""
+        return [self._finish_one(item) for item in inferred.result()]
+
+    def _finish_one(self, item: _Item) -> ImageOutcome:
+        """Polygons and the label file of one image."""
+        try:
+            return self._finish(item)
+        except OutputError:
+            raise
+        except Exception as err:  # one image's polygons must not take the run down
+            return _outcome(item, Status.FAILED, error=f"writing labels failed: {one_line(err, 300)}")
 
     def _infer(self, items: list[_Item]) -> None:
         """Detect, then segment, ``items`` in chunks of at most the current batch cap.
 
-        A chunk that fails is halved and retried, down to single images, so one bad image fails alone. Running out of
-        device memory also lowers the cap for the rest of the run (halved on each out-of-memory error).
+        A chunk that fails is halved and retried, down to single images, so one bad image fails alone; a chunk whose
+        segmenting fails keeps its detections (the detector is not run again). Running out of device memory also
+        frees what the failed attempt held and lowers the cap for the rest of the run (halved on each out-of-memory
+        error). Any other device error (an illegal address, a device-side assert) leaves the device in an unknown
+        state: the run stops (``DeviceError``).
         """
         cap = self._batch_cap
         for start in range(0, len(items), cap):
@@ -226,40 +256,54 @@ class Annotator:
     def _infer_chunk(self, items: list[_Item]) -> None:
         if not items:
             return
-        try:
-            with self._prompts_lock:
-                detections = self.prompts.boxes(
-                    [item.image_bgr for item in items],  # type: ignore[misc]
-                    [item.source.rel_path for item in items],
-                )
-            with_boxes = [
-                (item, det) for item, det in zip(items, detections, strict=True) if len(det) and not self.box_labels
-            ]
-            results = (
-                []
-                if not with_boxes
-                else self.segmenter.segment([item.prepared for item, _ in with_boxes], [det for _, det in with_boxes])
-            )
-        except Exception as err:
-            out_of_memory = _is_out_of_memory(err)
-            if out_of_memory:
-                self.segmenter.release_cached_memory()
-                with self._prompts_lock:
-                    self._batch_cap = max(1, min(self._batch_cap, len(items) // 2))
-            if len(items) > 1:
-                half = len(items) // 2
-                self._infer_chunk(items[:half])
-                self._infer_chunk(items[half:])
-                return
-            reason = "out of device memory even one image at a time" if out_of_memory else "inference failed"
-            items[0].error = f"{reason}: {one_line(err, 300)}"
+        detections, failure = _attempt(lambda: self._detect(items))
+        if failure is not None:  # outside the except block: the failed attempt's frames and tensors are gone
+            self._retry_in_halves(items, failure, self._infer_chunk)
             return
+        to_segment: list[_Item] = []
         for item, det in zip(items, detections, strict=True):
             item.detections = det
-            item.prepared = None
-        for (item, _), result in zip(with_boxes, results, strict=True):
+            if len(det) and not self.box_labels:
+                to_segment.append(item)
+            else:
+                item.prepared = None
+        self._segment_chunk(to_segment)
+
+    def _detect(self, items: list[_Item]) -> list[Detections]:
+        with self._prompts_lock:
+            return self.prompts.boxes(
+                [item.image_bgr for item in items],  # type: ignore[misc]
+                [item.source.rel_path for item in items],
+            )
+
+    def _segment_chunk(self, items: list[_Item]) -> None:
+        """Segment ``items`` (detected, each with boxes), halving on failure as ``_infer`` says."""
+        if not items:
+            return
+        prompts = [item.detections for item in items if item.detections is not None]  # every one: detected first
+        results, failure = _attempt(lambda: self.segmenter.segment([item.prepared for item in items], prompts))
+        if failure is not None:
+            self._retry_in_halves(items, failure, self._segment_chunk)
+            return
+        for item, result in zip(items, results, strict=True):
             item.image_bgr = None
+            item.prepared = None
             item.masks = result
+
+    def _retry_in_halves(self, items: list[_Item], failure: _Failure, again: Callable[[list[_Item]], None]) -> None:
+        """After a failed step over ``items``: out of device memory, free what is left of the attempt and lower the
+        batch cap; then ``again`` on each half, or fail the one image."""
+        if failure.out_of_memory:
+            gc.collect()  # anything of the attempt still held in a reference cycle
+            self.segmenter.release_cached_memory()  # synchronise, then hand the cached blocks back
+            with self._prompts_lock:
+                self._batch_cap = max(1, min(self._batch_cap, len(items) // 2))
+        if len(items) > 1:
+            half = len(items) // 2
+            again(items[:half])
+            again(items[half:])
+        else:
+            items[0].error = failure.reason()
 
     def _finish(self, item: _Item) -> ImageOutcome:
         if item.skipped is not None:
@@ -274,38 +318,42 @@ class Annotator:
         lines: list[str] = []
         quality: list[InstanceQuality] = []
         empty_masks = dropped = 0
-        for index in range(len(det) if not self.box_labels else 0):
-            if masks is None:  # cannot happen for a detection; keeps the types honest
-                raise RuntimeError("a detection without masks")
-            # one full-size mask at a time: a huge image with many boxes never holds them all
-            mask = masks.mask(index)
-            sam_iou = float(masks.scores[index])
-            # 0 disables the filter: SAM's predicted IoU is a regression output and can fall below 0
-            is_dropped = self.min_mask_score > 0 and sam_iou < self.min_mask_score
-            polygons = [] if is_dropped else mask_to_polygons(mask, self.policy)
+        n = len(det) if not self.box_labels else 0
+        if n and masks is None:  # cannot happen for a detection; keeps the types honest
+            raise RuntimeError("a detection without masks")
+        # 0 disables the filter: SAM's predicted IoU is a regression output and can fall below 0
+        scores = [float(masks.scores[i]) for i in range(n)] if masks is not None else []
+        skip = [self.min_mask_score > 0 and score < self.min_mask_score for score in scores]
+        shapes = self._shapes(
+            [masks.crop(i) for i in range(n)] if masks is not None else [],
+            skip,
+            [int(det.class_id[i]) for i in range(n)],
+            (width, height),
+        )
+        for index, shape in enumerate(shapes):
+            assert masks is not None  # n > 0
+            sam_iou, is_dropped, class_id = scores[index], skip[index], int(det.class_id[index])
             dropped += is_dropped
-            empty_masks += not is_dropped and not polygons
-            class_id = int(det.class_id[index])
-            box = mask_box_xyxy(mask)
+            empty_masks += not is_dropped and not shape.lines
             quality.append(
                 InstanceQuality(
-                    line=len(lines) + 1 if polygons else None,
-                    lines=len(polygons),
+                    line=len(lines) + 1 if shape.lines else None,
+                    lines=len(shape.lines),
                     class_id=class_id,
                     det_conf=round(float(det.confidence[index]), 6),
                     sam_iou=round(sam_iou, 6),
                     stability=round(float(masks.stability[index]), 6),
-                    mask_area=int(mask.sum()),
+                    mask_area=shape.area_px,
                     # no prompt box (points alone): nothing to compare the mask's box with
-                    box_iou=round(box_iou_xyxy(box, det.xyxy[index].astype(np.float64)), 6)
+                    box_iou=round(box_iou_xyxy(shape.box_xyxy, det.xyxy[index].astype(np.float64)), 6)
                     if det.has_box(index)
                     else math.nan,
-                    points=sum(len(p) for p in polygons),
-                    fill_iou=round(fill_iou(polygons, mask, box), 6),
+                    points=shape.points,
+                    fill_iou=shape.fill_iou,
                     dropped=is_dropped,
                 )
             )
-            lines.extend(format_polygon_line(class_id, polygon, (width, height)) for polygon in polygons)
+            lines.extend(shape.lines)
         if self.box_labels:
             empty_masks = _box_lines(det, (width, height), lines, quality)
         status = Status.OK if lines else Status.EMPTY
@@ -342,11 +390,66 @@ class Annotator:
             frame=frame,
         )
 
+    def _shapes(
+        self, crops: list[MaskCrop], skip: list[bool], class_ids: list[int], resolution_wh: tuple[int, int]
+    ) -> list[InstanceShape]:
+        """``instance_shapes`` of one image's masks: in this thread, or, with ``polygon_processes``, in one of them
+        while this thread waits without holding the GIL (for a many-core GPU host, whose write threads queue on the
+        GIL for this Python work; ``runtime.device.plan_compute`` leaves it off until measured faster)."""
+        if self._shape_pool is None or not crops:
+            return instance_shapes(crops, skip, class_ids, self.policy, resolution_wh)
+        return self._shape_pool.submit(instance_shapes, crops, skip, class_ids, self.policy, resolution_wh).result()
+
     def _decode(self, source: InputItem) -> tuple[np.ndarray, Any]:
         """Worker-thread job: the item's pixels as ultralytics trains on them (BGR), and the segmenter's CPU-side
         preparation of them (RGB; e.g. SAM's resize to a longest side of 1024)."""
         image_bgr = source.read_bgr()
         return image_bgr, self.segmenter.prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+
+
+@dataclass(frozen=True)
+class InstanceShape:
+    """What one mask gives the label file and its figures, in the image's frame: its label lines (one per polygon),
+    points, foreground box, area and the IoU of its rasterised polygons with it (rounded as written)."""
+
+    lines: list[str]
+    points: int
+    box_xyxy: np.ndarray | None
+    area_px: int
+    fill_iou: float
+
+
+def instance_shapes(
+    crops: Sequence[MaskCrop],
+    skip: Sequence[bool],
+    class_ids: Sequence[int],
+    policy: PolygonPolicy,
+    resolution_wh: tuple[int, int],
+) -> list[InstanceShape]:
+    """Polygons, label lines and mask figures of one image's masks, each from the crop of its foreground: the work
+    per instance follows the object, not the image (every figure is the same in the crop's frame, shifted by its
+    corner). A ``skip``ped mask (dropped by its score) gets no polygon. Pure, so that it can run in another process."""
+    out = []
+    for crop, skipped, class_id in zip(crops, skip, class_ids, strict=True):
+        corner = np.array([crop.x0, crop.y0], np.float64)
+        local = [] if skipped or crop.pixels.size == 0 else mask_to_polygons(crop.pixels, policy)
+        polygons = [polygon + corner for polygon in local]
+        local_box = mask_box_xyxy(crop.pixels)
+        out.append(
+            InstanceShape(
+                lines=[format_polygon_line(class_id, polygon, resolution_wh) for polygon in polygons],
+                points=sum(len(p) for p in polygons),
+                box_xyxy=None if local_box is None else local_box + np.concatenate([corner, corner]),
+                area_px=int(crop.pixels.sum()),
+                fill_iou=round(fill_iou(local, crop.pixels, local_box), 6),
+            )
+        )
+    return out
+
+
+def _ignore_sigint() -> None:
+    """A polygon process leaves Ctrl-C (sent to the whole process group) to its parent, which stops the run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _box_lines(
@@ -414,6 +517,60 @@ def claim(layout: DatasetLayout, source: InputItem, claimed: set[Path]) -> str |
 def _is_out_of_memory(err: BaseException) -> bool:
     """torch.cuda.OutOfMemoryError (or the RuntimeError older torch raises), told apart without importing torch."""
     return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
+
+
+# What a CUDA (or cuDNN, cuBLAS) failure other than running out of memory says: after one the context is unusable
+# or its state unknown, so retrying image by image would only fail (or corrupt) every later image.
+_DEVICE_FAULTS = (
+    "cuda error",
+    "device-side assert",
+    "illegal memory access",
+    "illegal address",
+    "unspecified launch failure",
+    "misaligned address",
+    "cublas_status",
+    "cudnn_status",
+    "cudnn error",
+)
+
+
+def _is_device_fault(err: BaseException) -> bool:
+    if _is_out_of_memory(err):
+        return False
+    text = str(err).lower()
+    return type(err).__name__ == "AcceleratorError" or any(fault in text for fault in _DEVICE_FAULTS)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """What is kept of a failed inference call: no exception, so nothing it referenced (the attempt's frames and
+    their tensors) outlives the ``except`` block."""
+
+    out_of_memory: bool
+    message: str
+
+    def reason(self) -> str:
+        what = "out of device memory even one image at a time" if self.out_of_memory else "inference failed"
+        return f"{what}: {self.message}"
+
+
+def _attempt(call: Callable[[], list[Any]]) -> tuple[list[Any], _Failure | None]:
+    """``(call(), None)``, or ``([], failure)`` if it raised; a device fault raises ``DeviceError`` (one line)."""
+    try:
+        return call(), None
+    except Exception as err:
+        if _is_device_fault(err):
+            raise DeviceError(
+                f"the device failed ({one_line(err, 200)}): its state is unknown, so the run stops here; the labels"
+                " written so far are kept, and the same command resumes after the device is reset"
+            ) from None
+        failure = _Failure(_is_out_of_memory(err), one_line(err, 300))
+    return [], failure
+
+
+def _finished(queued: Future[list[Future[ImageOutcome]]]) -> bool:
+    """Whether a batch is inferred and every one of its images written."""
+    return queued.done() and (queued.exception() is not None or all(job.done() for job in queued.result()))
 
 
 def _image_hw(item: _Item) -> tuple[int, int]:

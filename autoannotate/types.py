@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autoannotate.quality import InstanceQuality
+from autoannotate.quality import InstanceQuality, mask_box_xyxy
 
 
 class Status(StrEnum):
@@ -100,6 +100,33 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class MaskCrop:
+    """One mask as the tight box of its foreground: ``pixels`` ``(h, w)`` bool, whose top-left pixel is ``(x0, y0)``
+    of the image. An empty mask is a ``(0, 0)`` crop at ``(0, 0)``. What the label writer reads, so that an image's
+    size never decides the cost per instance."""
+
+    pixels: np.ndarray
+    x0: int
+    y0: int
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> MaskCrop:
+        """The crop of a full ``(H, W)`` mask (a view of it, no copy)."""
+        box = mask_box_xyxy(mask)
+        if box is None:
+            return cls(np.zeros((0, 0), bool), 0, 0)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        return cls(mask[y1:y2, x1:x2], x1, y1)
+
+    def full(self, original_hw: tuple[int, int]) -> np.ndarray:
+        """The ``(H, W)`` bool mask it was cut from."""
+        out = np.zeros(original_hw, bool)
+        h, w = self.pixels.shape
+        out[self.y0 : self.y0 + h, self.x0 : self.x0 + w] = self.pixels
+        return out
+
+
+@dataclass(frozen=True)
 class Masks:
     """Masks of one image, aligned 1:1 and in order with the boxes that prompted them.
 
@@ -108,8 +135,9 @@ class Masks:
     (float64 from SAM: float32 would move the 6th decimal that ``instances.jsonl`` writes);
     ``original_hw``: the image's ``(H, W)``, the frame of the boxes and the masks.
 
-    The full-size masks are either held (``held``: (N, H, W) bool) or computed one at a time by ``render(i)``, so that
-    a huge image with many boxes never holds all of them at once.
+    The masks are held full-size (``held``: (N, H, W) bool), computed one at a time by ``render(i)`` (so that a huge
+    image with many boxes never holds all of them at once), or held as crops (``crops``: one ``MaskCrop`` each, what
+    a GPU copies back instead of full-size masks).
     """
 
     scores: np.ndarray
@@ -117,13 +145,16 @@ class Masks:
     original_hw: tuple[int, int]
     held: np.ndarray | None = None
     render: Callable[[int], np.ndarray] | None = field(default=None, compare=False)
+    crops: tuple[MaskCrop, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.scores)
         if self.scores.shape != (n,) or self.stability.shape != (n,):
             raise ValueError(f"inconsistent Masks shapes {self.scores.shape}, {self.stability.shape}")
-        if self.held is None and self.render is None and n:
-            raise ValueError("Masks needs the masks held or a render function")
+        if self.held is None and self.render is None and self.crops is None and n:
+            raise ValueError("Masks needs the masks held, as crops or a render function")
+        if self.crops is not None and len(self.crops) != n:
+            raise ValueError(f"{len(self.crops)} mask crops for {n} masks")
         if self.held is not None and self.held.shape != (n, *self.original_hw):
             raise ValueError(f"held masks have shape {self.held.shape}, expected {(n, *self.original_hw)}")
 
@@ -134,8 +165,16 @@ class Masks:
         """``(H, W)`` bool mask of box ``index``."""
         if self.held is not None:
             return self.held[index]
+        if self.crops is not None:
+            return self.crops[index].full(self.original_hw)
         assert self.render is not None  # checked in __post_init__
         return self.render(index)
+
+    def crop(self, index: int) -> MaskCrop:
+        """Box ``index``'s mask as the tight crop of its foreground."""
+        if self.crops is not None:
+            return self.crops[index]
+        return MaskCrop.of(self.mask(index))
 
     @classmethod
     def empty(cls, original_hw: tuple[int, int]) -> Masks:

@@ -71,19 +71,27 @@ def test_opt_out_leaves_the_allocator_alone() -> None:
     assert faults >= 50 * 16_000
 
 
-def test_run_command_tunes_the_allocator_once_settings_are_valid(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_run_command_tunes_the_allocator_for_a_cpu_run_once_its_models_are_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yolo_weights: Path
 ) -> None:
-    """The CLI entry point is the one caller (it owns the process); invalid options fail before it is reached."""
+    """The CLI entry point is the one caller (it owns the process), once the models are loaded and the device is
+    known (a GPU run is left alone) and before any inference thread; invalid options and a missing model fail first."""
+    import cv2
+    import numpy as np
+
     calls: list[bool] = []
     monkeypatch.setattr(run_command, "tune_host_allocator", lambda: calls.append(True) or True)
     runner = CliRunner()
     bad = runner.invoke(app, ["run", "--data", str(tmp_path), "--conf", "7"])
     assert bad.exit_code == 2 and calls == []
     (tmp_path / "imgs").mkdir()
-    result = runner.invoke(
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), np.full((48, 64, 3), 90, np.uint8))
+    missing = runner.invoke(
         app,
         ["run", "--data", str(tmp_path / "imgs"), "--det-model", str(tmp_path / "missing.pt"), "--json", "--quiet"],
     )
+    assert missing.exit_code == 2 and calls == []  # the missing model ends the run before any tuning
+    options = ["--det-model", str(yolo_weights), "--sam-model", "none", "--device", "cpu", "--conf", "1e-4"]
+    result = runner.invoke(app, ["run", "--data", str(tmp_path / "imgs"), *options, "--max-det", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
     assert calls == [True]
-    assert result.exit_code == 2  # the missing model then ends the run, after the tuning

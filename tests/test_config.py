@@ -151,8 +151,8 @@ FLAT_KEYS = [
     "data", "every", "fps", "max_frames", "skip_similar", "jpeg_quality",
     "det_model", "prompts", "prompts_file", "exemplars", "prompt_embeddings", "sam_model", "conf", "iou",
     "imgsz", "max_det", "classes", "agnostic_nms", "device", "batch",
-    "output_dir", "tolerance", "min_area", "polygon", "half", "runtime", "min_mask_score", "boxes_from",
-    "points_from", "names", "coco",
+    "output_dir", "tolerance", "min_area", "polygon", "half", "deterministic", "runtime", "min_mask_score",
+    "boxes_from", "points_from", "names", "coco",
     "preview", "val_fraction", "shard", "engine", "ray_address", "ray_workers", "ray_gpus_per_worker", "overwrite",
     "json", "quiet",
 ]  # fmt: skip

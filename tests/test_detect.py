@@ -3,6 +3,7 @@ filters resolve names and ids, and ultralytics' thread reset is undone."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -107,6 +108,8 @@ def test_pose_and_classification_models(tmp_path: Path) -> None:
     the boxes ultralytics' own predict gives; a classifier has no boxes and is refused in one line."""
     from ultralytics import YOLO
 
+    # All five boxes score the same: ultralytics' NMS and torchvision's keep different ones of tied boxes, so both
+    # use torchvision's (AUTOANNOTATE_NMS=torchvision, set by conftest.py; its predict below imports torchvision).
     torch.manual_seed(0)
     pose = YOLO("yolo11n-pose.yaml")
     for branch in pose.model.model[-1].cv3:  # scores above --conf 1e-4, as if trained a little
@@ -165,3 +168,34 @@ def test_warm_up_overlaps_the_segmenter_loading_and_changes_no_detection(
     assert len(warm_boxes.xyxy) == 4
     np.testing.assert_array_equal(warm_boxes.xyxy, cold_boxes.xyxy)
     np.testing.assert_array_equal(warm_boxes.confidence, cold_boxes.confidence)
+
+
+def test_cpu_detector_skips_ultralytics_warm_up_and_its_torchvision_import(yolo_weights: Path) -> None:
+    """On CPU ultralytics' warm-up runs no forward and only imports torchvision (2-3 s with ``torch._dynamo``): it is
+    marked done through the public ``on_predict_start`` callback, so a whole detection never imports torchvision.
+    In a fresh interpreter, since torchvision stays imported once anything imported it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, numpy as np, torch
+from autoannotate.prompts.yolo import Detector, DetectSettings
+d = Detector.from_weights({str(yolo_weights)!r}, torch.device("cpu"))
+d = d.with_settings(DetectSettings(conf=1e-4, max_det=5))
+d.warm_up()
+(found,) = d.detect([np.full((96, 128, 3), 90, np.uint8)])
+print(len(found.xyxy), d.model.predictor.done_warmup, "torchvision" in sys.modules)
+"""
+    env = {key: value for key, value in os.environ.items() if key != "AUTOANNOTATE_NMS"}  # the default
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5", "True", "False"]
+    kept = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env | {"AUTOANNOTATE_NMS": "torchvision"},
+    )
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.split() == ["5", "True", "True"]  # ultralytics' own warm-up: torchvision imported

@@ -8,6 +8,9 @@ that where a label, ``instances.jsonl`` or the COCO file differs, it must still 
 stand-in's logits sit at the threshold over whole images, so another CPU's float rounding can move a mask pixel
 (its masks, mask areas and boxes are compared within 16 pixels or 0.2%, its other figures within 0.01).
 
+The random stand-in detector scores many boxes alike: the files were recorded with torchvision's NMS, which
+``conftest.py`` has every test use (``AUTOANNOTATE_NMS=torchvision``).
+
 To record them again (only when an output change is intended, and say so in the commit):
 ``AUTOANNOTATE_RECORD_GOLDEN=1 pytest tests/test_golden_run.py``.
 """

@@ -4,16 +4,18 @@ failure isolation, and a full disk stopping the run instead of failing every ima
 from __future__ import annotations
 
 import errno
+import weakref
 from pathlib import Path
 from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from autoannotate.dataset.layout import plan_layout, prepare_output
 from autoannotate.dataset.yolo_seg import parse_label_file
-from autoannotate.errors import OutputError
+from autoannotate.errors import DeviceError, OutputError
 from autoannotate.inputs.listing import iter_items, resolve_data
 from autoannotate.pipeline import Annotator
 from autoannotate.polygons import PolygonPolicy
@@ -31,7 +33,11 @@ class BoxDetector:
     class_ids = None
     weights_path = None
 
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
     def boxes(self, images_bgr, rel_paths):
+        self.calls.append(len(images_bgr))
         out = []
         for image in images_bgr:
             gray = image[..., 0]
@@ -98,14 +104,16 @@ def _dataset(root: Path, shapes: list[tuple[int, int]]) -> Path:
     return root
 
 
-def _annotator(tmp_path: Path, segmenter, batch: int, workers: int = 1) -> tuple[Annotator, list]:
+def _annotator(
+    tmp_path: Path, segmenter, batch: int, workers: int = 1, detector: BoxDetector | None = None
+) -> tuple[Annotator, list]:
     data = tmp_path / "imgs"
     data.mkdir(exist_ok=True)
     spec = resolve_data(str(data))
     layout = plan_layout(spec, str(data), str(tmp_path / "out"))
     prepare_output(layout)
     annotator = Annotator(
-        BoxDetector(),  # type: ignore[arg-type]
+        detector or BoxDetector(),  # type: ignore[arg-type]
         segmenter,
         PolygonPolicy(tolerance_px=0),
         layout,
@@ -145,6 +153,62 @@ def test_out_of_memory_halves_the_batch_down_to_one(tmp_path: Path):
     assert max(segmenter.calls[3:]) <= 2
 
 
+class HoldingSegmenter(BoxSegmenter):
+    """Runs out of memory on any call of more than one image after allocating a tensor there (as a failed CUDA
+    attempt holds its activations); records, at each later call, whether any such tensor is still alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[weakref.ref[torch.Tensor]] = []
+        self.alive_at_retry: list[bool] = []
+        self.released = 0
+
+    def segment(self, images, prompts):
+        if self.held:
+            self.alive_at_retry.append(any(ref() is not None for ref in self.held))
+        if len(images) > 1:
+            self.calls.append(len(images))
+            activations = torch.empty(1 << 20)
+            self.held.append(weakref.ref(activations))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().segment(images, prompts)
+
+    def release_cached_memory(self):
+        self.released += 1
+
+
+def test_out_of_memory_retry_frees_the_attempt_and_keeps_the_detections(tmp_path: Path):
+    """The retry runs after the ``except`` block, so the failed attempt's tensors (held by its traceback's frames)
+    are released before it; the device cache is emptied; the detector is not run again on each half."""
+    (tmp_path / "imgs").mkdir()
+    _dataset(tmp_path / "imgs", [(30, 40)] * 4)
+    segmenter, detector = HoldingSegmenter(), BoxDetector()
+    annotator, images = _annotator(tmp_path, segmenter, batch=4, detector=detector)
+    outcomes = list(annotator.run(images))
+    assert [o.status for o in outcomes] == ["ok"] * 4
+    assert segmenter.calls == [4, 2, 1, 1, 2, 1, 1]
+    assert segmenter.alive_at_retry == [False] * 6
+    assert segmenter.released == 3
+    assert detector.calls == [4]
+
+
+class FaultingSegmenter(BoxSegmenter):
+    def segment(self, images, prompts):
+        self.calls.append(len(images))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_device_fault_stops_the_run_instead_of_failing_image_by_image(tmp_path: Path):
+    (tmp_path / "imgs").mkdir()
+    _dataset(tmp_path / "imgs", [(30, 40)] * 4)
+    segmenter = FaultingSegmenter()
+    annotator, images = _annotator(tmp_path, segmenter, batch=2)
+    with pytest.raises(DeviceError, match=r"^the device failed \(RuntimeError: CUDA error: an illegal memory") as info:
+        list(annotator.run(images))
+    assert segmenter.calls == [2]  # not retried on halves
+    assert info.value.exit_code == 3 and "\n" not in str(info.value)
+
+
 def test_full_disk_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "imgs").mkdir()
     _dataset(tmp_path / "imgs", [(30, 40)] * 3)
@@ -156,3 +220,49 @@ def test_full_disk_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("autoannotate.pipeline.write_text_atomic", full_disk)
     with pytest.raises(OutputError, match="No space left"):
         list(annotator.run(images))
+
+
+class CropSegmenter(BoxSegmenter):
+    """The same masks as ``BoxSegmenter``, handed over as crops of their foreground (as a GPU segmenter does)."""
+
+    def segment(self, images, prompts):
+        from autoannotate.types import MaskCrop
+
+        return [
+            Masks(m.scores, m.stability, m.original_hw, crops=tuple(MaskCrop.of(m.mask(i)) for i in range(len(m))))
+            for m in super().segment(images, prompts)
+        ]
+
+
+def test_masks_as_crops_write_the_same_labels_and_figures(tmp_path: Path):
+    """A segmenter that returns crops (a GPU's) and one that returns full masks give byte-identical labels and the
+    same per-instance figures, masks touching the image's edges included."""
+    results = {}
+    for name, segmenter in (("full", BoxSegmenter()), ("crops", CropSegmenter())):
+        root = tmp_path / name
+        (root / "imgs").mkdir(parents=True)
+        _dataset(root / "imgs", [(30, 40), (41, 23), (12, 50)])
+        annotator, images = _annotator(root, segmenter, batch=2)
+        outcomes = list(annotator.run(images))
+        results[name] = [(o.status, o.label_path.read_bytes(), o.quality) for o in outcomes]  # type: ignore[union-attr]
+    assert results["crops"] == results["full"]
+    assert all(status == "ok" for status, _, _ in results["full"])
+
+
+def test_polygons_made_in_processes_are_those_made_in_threads(tmp_path: Path):
+    """A GPU run on many cores makes its polygons in spawned processes: the labels and figures are byte for byte
+    those of the write threads, and no process outlives the run."""
+    import multiprocessing
+
+    results = {}
+    for name, processes in (("threads", 0), ("processes", 2)):
+        root = tmp_path / name
+        (root / "imgs").mkdir(parents=True)
+        _dataset(root / "imgs", [(30, 40), (41, 23), (12, 50), (30, 40)])
+        annotator, images = _annotator(root, CropSegmenter(), batch=2)
+        annotator.polygon_processes = processes
+        outcomes = list(annotator.run(images))
+        results[name] = [(o.status, o.label_path.read_bytes(), o.quality) for o in outcomes]  # type: ignore[union-attr]
+    assert results["processes"] == results["threads"]
+    assert all(status == "ok" for status, _, _ in results["threads"])
+    assert multiprocessing.active_children() == []

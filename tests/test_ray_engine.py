@@ -5,6 +5,7 @@ Ray is missing. (Real processes, a killed driver and Ray's own files: test_ray_k
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -120,3 +121,61 @@ def test_ray_missing_gives_install_hint(
     assert result.stderr.strip().splitlines() == [
         "error: --engine ray needs Ray: pip install 'autoannotate[ray]' (or pip install 'ray[data]')"
     ]
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "error"),
+    [
+        ("", 0.0, None),  # auto, no GPU per worker: CPU workers
+        ("", 1.0, None),  # auto: the GPUs Ray assigns
+        ("cpu", 0.0, None),
+        ("0", 0.5, None),
+        ("0", 0.0, "--device '0' asks for a GPU, but --ray-gpus-per-worker is 0"),  # was: silently the CPU
+        ("cuda:1", 0.0, "--device 'cuda:1' asks for a GPU, but --ray-gpus-per-worker is 0"),
+        ("cpu", 1.0, "--device cpu with --ray-gpus-per-worker 1: Ray would hold GPUs the workers never use"),
+        ("mps", 0.0, "--engine ray runs on CUDA GPUs or the CPU, not --device 'mps'"),
+    ],
+)
+def test_ray_refuses_a_device_its_workers_would_not_honour(device: str, gpus: float, error: str | None) -> None:
+    from autoannotate.config import build_settings
+    from autoannotate.engines.ray_engine import check_devices
+    from autoannotate.errors import ConfigError
+
+    settings = build_settings(None, {"data": ".", "engine": "ray", "device": device, "ray_gpus_per_worker": gpus})
+    if error is None:
+        check_devices(settings)
+        return
+    with pytest.raises(ConfigError) as info:
+        check_devices(settings)
+    assert str(info.value).startswith(error) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_ray_actor_loads_on_the_gpu_ray_assigned_and_keeps_to_its_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: float
+) -> None:
+    """CUDA and Ray mocked at their boundaries: Ray gave this actor physical GPU 3 and narrowed its
+    CUDA_VISIBLE_DEVICES to "3"; ``--device 1`` (one of the driver's GPUs) does not move it. A half share sets the
+    memory fraction; the environment is untouched."""
+    import types
+
+    import torch
+
+    from autoannotate import models as models_module
+    from autoannotate.config import build_settings
+    from autoannotate.engines.ray_engine import _AnnotateActor
+
+    settings = build_settings(None, {"data": ".", "engine": "ray", "device": "1", "ray_gpus_per_worker": share})
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get_gpu_ids=lambda: ["3"]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    fractions: list[tuple[float, object]] = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: fractions.append((f, d)))
+    plans: list[object] = []
+    monkeypatch.setattr(models_module, "load_models", lambda settings, plan: plans.append(plan) or "models")
+    monkeypatch.setattr(models_module, "build_annotator", lambda *args: "annotator")
+    layout = types.SimpleNamespace(output_dir=tmp_path)
+    actor = _AnnotateActor(settings, layout, None, "", "journal.jsonl", 1)  # type: ignore[arg-type]
+    assert actor.annotator == "annotator"
+    assert [p.device for p in plans] == [torch.device("cuda", 0)]  # type: ignore[attr-defined]
+    assert fractions == ([(0.5, torch.device("cuda", 0))] if share < 1 else [])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"

@@ -27,7 +27,7 @@ from autoannotate.prompts import PROMPT_SOURCES, prompt_entry
 from autoannotate.prompts.base import resolve_classes
 from autoannotate.prompts.labels import LabelBoxes
 from autoannotate.quality import InstanceQuality
-from autoannotate.types import Detections, ImageOutcome, Masks, Status
+from autoannotate.types import Detections, ImageOutcome, MaskCrop, Masks, Status
 
 # --- torch-free core -------------------------------------------------------------------------------------------------
 
@@ -195,8 +195,15 @@ def test_masks_hold_or_render():
     assert masks.mask(1)[0, 0] and len(masks) == 2
     lazy = Masks(np.ones(2, np.float32), np.ones(2, np.float32), (3, 4), render=lambda i: held[i])
     assert lazy.mask(1)[0, 0]
-    with pytest.raises(ValueError, match="held or a render"):
+    cropped = Masks(
+        np.ones(2, np.float32), np.ones(2, np.float32), (3, 4), crops=(MaskCrop.of(held[0]), MaskCrop.of(held[1]))
+    )
+    np.testing.assert_array_equal(cropped.mask(1), held[1])
+    assert cropped.crop(1).pixels.shape == (1, 1) and cropped.crop(0).pixels.shape == (0, 0)
+    with pytest.raises(ValueError, match="held, as crops or a render"):
         Masks(np.ones(1, np.float32), np.ones(1, np.float32), (3, 4))
+    with pytest.raises(ValueError, match="1 mask crops for 2 masks"):
+        Masks(np.ones(2, np.float32), np.ones(2, np.float32), (3, 4), crops=(MaskCrop.of(held[0]),))
 
 
 # --- a fake input kind and a fake segmenter drive a whole run --------------------------------------------------------

@@ -514,6 +514,7 @@ def test_masks_align_one_to_one_with_boxes(fast_segmenter: BoxSegmenter, monkeyp
 def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
     """Above the memory budget masks are computed per box on demand; they must equal the batched ones."""
     import autoannotate.segmenters.sam as segment_module
+    import autoannotate.segmenters.sam_transforms as transforms_module
 
     rng = np.random.default_rng(3)
     image = (rng.random((90, 140, 3)) * 255).astype(np.uint8)
@@ -522,7 +523,7 @@ def test_lazy_masks_equal_eager_masks(mobile_sam_weights, monkeypatch):
     (eager,) = segmenter.predict([segmenter.prepare(image)], [boxes])
     (eager_masks,) = segmenter.segment([segmenter.prepare(image)], [Detections.from_boxes(boxes)])
     assert eager.eager_masks is not None and eager_masks.held is not None
-    monkeypatch.setattr(segment_module, "_EAGER_MASK_BYTES", 0)
+    monkeypatch.setattr(transforms_module, "_EAGER_MASK_BYTES", 0)
     (lazy,) = segmenter.predict([segmenter.prepare(image)], [boxes])
     (lazy_masks,) = segmenter.segment([segmenter.prepare(image)], [Detections.from_boxes(boxes)])
     assert lazy.eager_masks is None
@@ -581,3 +582,45 @@ def test_encoder_input_is_channels_last_and_decoder_chunks_follow_the_device(fas
     assert layouts == [True]
     assert decoder_boxes == [2] * 9 + [1]
     assert result.masks.shape == (19, 160, 200)
+
+
+@pytest.mark.parametrize("stretched", [False, True])
+def test_crops_are_the_full_masks_cut_to_their_foreground(monkeypatch: pytest.MonkeyPatch, stretched: bool) -> None:
+    """What a GPU copies back instead of full-size masks: each mask's foreground box and its pixels, bit for bit the
+    full masks of ``postprocess_in_chunks`` (masks touching every image edge, an empty one, one chunk per box)."""
+    import autoannotate.segmenters.sam_transforms as transforms_module
+    from autoannotate.segmenters.sam_transforms import postprocess_in_chunks, postprocess_to_crops
+    from autoannotate.types import MaskCrop
+
+    torch.manual_seed(4)
+    logits = torch.randn(5, 1, 256, 256) * 3 + 1
+    logits[1] = -10.0  # empty
+    logits[2] = 10.0  # everything: the crop is the whole image
+    input_hw, original_hw = ((768, 1024), (300, 400)) if not stretched else ((1024, 1024), (300, 400))
+    full = postprocess_in_chunks(logits, input_hw, original_hw, 0.0, stretched=stretched)
+    monkeypatch.setattr(transforms_module, "_POSTPROCESS_BUDGET_BYTES", 1)
+    crops = postprocess_to_crops(logits, input_hw, original_hw, 0.0, stretched=stretched)
+    assert len(crops) == 5
+    assert (crops[1].pixels.shape, crops[1].x0, crops[1].y0) == ((0, 0), 0, 0)
+    assert crops[2].pixels.shape == original_hw and (crops[2].x0, crops[2].y0) == (0, 0)
+    for index, crop in enumerate(crops):
+        np.testing.assert_array_equal(crop.full(original_hw), full[index])
+        expected = MaskCrop.of(full[index])
+        assert (crop.x0, crop.y0) == (expected.x0, expected.y0)
+        np.testing.assert_array_equal(crop.pixels, expected.pixels)
+
+
+def test_stability_counted_on_the_device_is_the_host_figure() -> None:
+    """What a GPU computes instead of copying every box's low-res logits to the host: the same float64 figures,
+    empty masks (1.0) and a non-square input frame included."""
+    from autoannotate.quality import stability_score
+    from autoannotate.segmenters.sam_transforms import stability_on_device
+
+    torch.manual_seed(6)
+    logits = torch.randn(4, 1, 256, 256) * 2
+    logits[3] = -5.0  # nothing above threshold - 1: stability 1.0
+    for input_hw in ((768, 1024), (1024, 577)):
+        host = [stability_score(logits[i, 0].numpy(), input_hw) for i in range(4)]
+        device = stability_on_device(logits, input_hw)
+        assert device.dtype == np.float64 and device.tolist() == host
+        assert device[3] == 1.0

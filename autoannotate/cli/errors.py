@@ -31,7 +31,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(EXIT_OK, "every image done"),
     ExitCode(EXIT_FAILED_IMAGES, "some images failed (each reported, the rest done)"),
     ExitCode(EXIT_USAGE, "bad usage, config, input, output or model"),
-    ExitCode(EXIT_INTERNAL, "internal error"),
+    ExitCode(EXIT_INTERNAL, "internal error, or the device failed (a CUDA error other than out of memory)"),
     ExitCode(EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
     ExitCode(EXIT_TERMINATED, "terminated (SIGTERM)"),
 )

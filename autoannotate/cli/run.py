@@ -141,7 +141,6 @@ def _run(
     if extra:
         raise _extra_arguments_error(extra, overrides.get("data"))
     settings = build_settings(read_config_file(config) if config is not None else None, overrides, settings_cls)
-    tune_host_allocator()  # process-wide, so here at the entry point, before any inference thread exists
     from autoannotate.job import AnnotationJob  # imports torch and ultralytics: only once the options are valid
 
     _route_library_logs_to_stderr(quiet=settings.console.quiet or settings.console.json)
@@ -149,6 +148,8 @@ def _run(
     with AnnotationJob(settings, stdin) as job:  # holds the output dir's lock until the run ends
         require_images(job.spec)  # an empty folder is refused as an empty list or glob is, before any model loads
         models = job.load()
+        if models.plan.device.type == "cpu":  # process-wide, so here at the entry point, before the inference threads
+            tune_host_allocator()  # (a GPU run's host side allocates little; its pinned buffers are CUDA's)
         job.begin()
         _print_notices(err_console, job.notices, settings.console.quiet)
         if not settings.console.quiet and not settings.console.json:

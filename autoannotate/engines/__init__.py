@@ -41,10 +41,13 @@ class EngineRun:
 
 @dataclass(frozen=True)
 class EngineEntry:
-    """``module``: where ``run(EngineRun) -> Iterator[ImageOutcome]`` lives (imported when the engine runs)."""
+    """``module``: where ``run(EngineRun) -> Iterator[ImageOutcome]`` lives (imported when the engine runs).
+    ``per_worker_models``: its workers load models of their own, so the driver's (class names, digests, the
+    fingerprint) are loaded on the CPU and never take a GPU that a worker needs."""
 
     name: str
     module: str
+    per_worker_models: bool = False
 
     def run(self, job: EngineRun) -> Iterator[ImageOutcome]:
         engine = importlib.import_module(self.module)
@@ -54,7 +57,7 @@ class EngineEntry:
 
 ENGINES: dict[str, EngineEntry] = {
     "local": EngineEntry("local", "autoannotate.engines.local"),
-    "ray": EngineEntry("ray", "autoannotate.engines.ray_engine"),
+    "ray": EngineEntry("ray", "autoannotate.engines.ray_engine", per_worker_models=True),
 }
 
 

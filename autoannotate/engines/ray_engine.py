@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from autoannotate.config import RAY_INSTALL_HINT, RunSettings
+from autoannotate.config import CUDA_BATCH, RAY_INSTALL_HINT, RunSettings
 from autoannotate.dataset.layout import DatasetLayout
 from autoannotate.engines import EngineRun
 from autoannotate.errors import ConfigError, OutputError
@@ -57,14 +57,21 @@ class _AnnotateActor:
         journal_name: str,
         torch_threads: int,
     ) -> None:
+        import ray
+        import torch
+
         from autoannotate.models import build_annotator, load_models
         from autoannotate.runtime.allocator import tune_host_allocator
-        from autoannotate.runtime.device import ComputePlan, select_device
+        from autoannotate.runtime.device import ComputePlan, ray_worker_device
 
-        tune_host_allocator()  # the actor's process is its own entry point
-
-        device = select_device(settings.runtime.device)
+        # The GPU Ray assigned this actor, never --device's index (which names one of the driver's GPUs).
+        device = ray_worker_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        share = settings.engine.ray_gpus_per_worker
+        if device.type == "cuda" and 0 < share < 1:  # actors sharing a GPU: each keeps to its part of the memory
+            torch.cuda.set_per_process_memory_fraction(share, device)
         models = load_models(settings, ComputePlan(device, 1, max(1, torch_threads)))
+        if device.type == "cpu":
+            tune_host_allocator()  # the actor's process is its own entry point
         journal = Journal(layout.output_dir / journal_name.replace(".jsonl", f".worker-{uuid.uuid4().hex[:12]}.jsonl"))
         self.annotator = build_annotator(settings, models, layout, previous, fingerprint, journal)
 
@@ -117,6 +124,26 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
                 shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def check_devices(settings: RunSettings) -> None:
+    """Refuse, in one line, a ``--device`` that Ray's workers would not honour: a GPU with no GPU per worker (they
+    would quietly run on the CPU), the CPU with GPUs per worker, or a device kind Ray does not schedule."""
+    from autoannotate.runtime.device import requested_kind
+
+    kind = requested_kind(settings.runtime.device)
+    gpus = settings.engine.ray_gpus_per_worker
+    if kind == "cuda" and gpus == 0:
+        raise ConfigError(
+            f"--device {settings.runtime.device!r} asks for a GPU, but --ray-gpus-per-worker is 0, so Ray's workers"
+            " would run on the CPU: pass --ray-gpus-per-worker 1 (or a share such as 0.5), or --device cpu"
+        )
+    if kind == "cpu" and gpus > 0:
+        raise ConfigError(
+            f"--device cpu with --ray-gpus-per-worker {gpus:g}: Ray would hold GPUs the workers never use; drop one"
+        )
+    if kind not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--engine ray runs on CUDA GPUs or the CPU, not --device {settings.runtime.device!r}")
+
+
 def _portable(item: InputItem, layout: DatasetLayout) -> InputItem:
     """``item`` as an actor can read it from its dict: a video frame's JPEG is written into the dataset here, by the
     driver, which decodes each video once, in order (seeking is not exact in every container, and ``--skip-similar``
@@ -138,6 +165,7 @@ def run(job: EngineRun) -> Iterator[ImageOutcome]:
     thread, even with ``log_to_driver=False``; stdout carries the ``--json`` events, so while Ray runs here,
     ``sys.stdout`` is ``sys.stderr`` (the CLI writes its events to the stdout it held before the run).
     """
+    check_devices(job.settings)
     ray = _import_ray()
     claimed: set[Path] = set()
     rows = [
@@ -182,7 +210,8 @@ def _annotate(
             "journal_name": journal_name,
             "torch_threads": cpus_per_worker,
         },
-        batch_size=settings.runtime.batch or 1,
+        # the local engine's batches: one image on CPUs (and with --deterministic), the CUDA default on GPUs
+        batch_size=settings.runtime.batch or (1 if settings.runtime.deterministic or gpus == 0 else CUDA_BATCH),
         batch_format="default",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,

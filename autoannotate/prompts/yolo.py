@@ -5,6 +5,7 @@ Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the pack
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,10 @@ from autoannotate.types import Detections
 
 if TYPE_CHECKING:
     from autoannotate.config import RunSettings
+
+#: Environment variable: ``torchvision`` keeps ultralytics' CPU warm-up and with it torchvision's NMS kernel
+#: (``_skip_cpu_warm_up``).
+NMS_ENV_VAR = "AUTOANNOTATE_NMS"
 
 # YOLO tasks whose predictions carry axis-aligned boxes: detection, segmentation and pose models (a pose model is a
 # person detector with keypoints; the keypoints are not used). Classification has no boxes, OBB rotated ones.
@@ -123,6 +128,8 @@ class Detector:
                 f"{weights!r} is a YOLO {task!r} model, not a detector; pass a detection, segmentation or pose model"
                 " with --det-model"
             )
+        if os.environ.get(NMS_ENV_VAR, "").strip().lower() != "torchvision":
+            model.add_callback("on_predict_start", _skip_cpu_warm_up)
         if onednn_for(device, onednn):
             _use_onednn(model)
         loaded = getattr(model, "ckpt_path", None) or source
@@ -237,6 +244,20 @@ def _class_names(model: object) -> dict[int, str]:
     if isinstance(raw, list | tuple):
         raw = dict(enumerate(raw))
     return {int(k): str(v) for k, v in dict(raw).items()}
+
+
+def _skip_cpu_warm_up(predictor: object) -> None:
+    """An ``on_predict_start`` callback (ultralytics' public hook, run before its first-batch warm-up): on CPU, mark
+    the predictor warmed up. There its warm-up runs no forward for a PyTorch model; all it does is ``import
+    torchvision`` so that NMS takes torchvision's kernel, and that import pulls in ``torch._dynamo``: 2.3-3 s before
+    the first label (``python -X importtime``, Xeon VM), a tenth of a 10-photo run. Without it ultralytics' NMS uses
+    its own ``TorchNMS``, which keeps the same boxes except degenerate ones (a zero-area box's IoU is 0/0: torchvision
+    keeps it, ``TorchNMS`` drops it) and among boxes of exactly equal score, where they may keep different ones. A
+    GPU predictor still warms up: there it runs the model once. ``AUTOANNOTATE_NMS=torchvision`` keeps ultralytics'
+    own behaviour (the import, then torchvision's NMS), for byte-parity with ultralytics on tied scores."""
+    device = getattr(predictor, "device", None)
+    if isinstance(device, torch.device) and device.type == "cpu":
+        predictor.done_warmup = True  # type: ignore[attr-defined]
 
 
 def _use_onednn(yolo: object) -> None:

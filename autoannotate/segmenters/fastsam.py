@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from autoannotate.errors import ModelError, one_line
+from autoannotate.runtime.device import release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.weights import weights_source
 from autoannotate.types import Detections, Masks
@@ -292,8 +293,7 @@ class FastSAMSegmenter:
 
     def release_cached_memory(self) -> None:
         """Return cached CUDA memory to the device (after an out-of-memory error); nothing to do on CPU."""
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_device_memory(self._device)
 
 
 def load_fastsam(path: Path | None, device: str | torch.device, half: bool, variant: str) -> FastSAMSegmenter:

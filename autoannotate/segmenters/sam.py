@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
+from autoannotate.runtime.device import half_dtype, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam_decoder import ImageSide, shared_image_decoder
@@ -38,7 +39,7 @@ from autoannotate.segmenters.sam_transforms import (
     SAM_IMAGE_SIZE,
     PreparedImage,
     SegmentationResult,
-    postprocess_in_chunks,
+    finished_masks,
     prepare_image,
 )
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, resolve_weights, weights_source
@@ -72,8 +73,6 @@ _PIXEL_STD_RGB = (58.395, 57.12, 57.375)
 # (ViT embed dim, number of blocks) -> variant.
 _VIT_VARIANTS = {(768, 12): "sam_b", (1024, 24): "sam_l", (1280, 32): "sam_h"}
 _NOT_SAM = "is not a SAM/MobileSAM checkpoint (no SAM image encoder, prompt encoder and mask decoder weights found)"
-# Above this many bytes of (N, H, W) bool masks, masks are computed one box at a time when asked for.
-_EAGER_MASK_BYTES = 256 * 1024**2
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -246,8 +245,10 @@ class BoxSegmenter:
 
         Args:
             model: The SAM model; it is switched to eval mode.
-            half: Run encoder and decoder under autocast, float16 on CUDA and bfloat16 on CPU (logits are converted
-                back to float32 before postprocessing).
+            half: Run encoder and decoder under autocast in ``runtime.device.half_dtype`` (bfloat16 on the CPU and
+                on GPUs that have it, else float16); logits are converted back to float32 before postprocessing. A
+                batch's embeddings or a decoder chunk's outputs that are not finite are computed again in float32
+                (``redone_in_f32`` counts them).
             decoder_batch_size: At most this many boxes per mask-decoder call (default
                 ``default_decoder_batch_size(device)``). The decoder holds ~30 MB of float32 activations per box
                 (the image embedding is repeated per box), so this bounds memory on images with hundreds of boxes;
@@ -282,6 +283,7 @@ class BoxSegmenter:
         self._shared_decoder = shared_image_decoder(parts.mask_decoder)
         self._openvino: OpenVinoSam | None = None  # use_openvino: the encoder and decoder compiled by OpenVINO
         self._half = bool(half)
+        self._redone_in_f32 = 0
         self._decoder_batch_size = decoder_batch_size
         self._variant = variant
         self._weights_path = weights_path
@@ -332,8 +334,7 @@ class BoxSegmenter:
 
     def release_cached_memory(self) -> None:
         """Return cached CUDA memory to the device (after an out-of-memory error); nothing to do on CPU."""
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_device_memory(self.device)
 
     def use_openvino(self, settings: OpenVinoSettings, model_sha256: str | None, convert: bool = True) -> str:
         """Run the image encoder and the mask decoder on OpenVINO from now on (``segmenters.sam_openvino``); the
@@ -402,12 +403,16 @@ class BoxSegmenter:
         """The device of the model's parameters, where all computation runs."""
         return next(self._model.parameters()).device
 
-    def _autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        if not self._half:
+    @property
+    def redone_in_f32(self) -> int:
+        """How many encoder batches and decoder chunks gave non-finite values in half precision and were computed
+        again in float32 (on OpenVINO too)."""
+        return self._redone_in_f32 + (self._openvino.redone_in_f32 if self._openvino is not None else 0)
+
+    def _autocast(self, device: torch.device, half: bool | None = None) -> AbstractContextManager[Any]:
+        if not (self._half if half is None else half):
             return nullcontext()
-        if device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=half_dtype(device))
 
     def _pixel_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(3, 1, 1)`` float32 mean and std on ``device``: the model's buffers, else SAM's constants."""
@@ -490,6 +495,9 @@ class BoxSegmenter:
                 else:
                     with self._autocast(device):
                         embeddings = self._image_encoder(batch)
+                    if self._half and not bool(torch.isfinite(embeddings).all()):  # fp16 overflow: redo in float32
+                        self._redone_in_f32 += 1
+                        embeddings = self._image_encoder(batch)
                 image_pe = self._dense_pe()
                 for k, i in enumerate(todo):
                     results[i] = self._segment_one(
@@ -519,8 +527,25 @@ class BoxSegmenter:
         n = len(boxes_xyxy)
         low_res = torch.empty((n, 1, LOW_RES_SIZE, LOW_RES_SIZE), dtype=torch.float32, device=device)
         iou_pred = torch.empty((n,), dtype=torch.float32, device=device)
-        side: ImageSide | None = None  # the decoder's work shared by all prompts of this image (first chunk)
+        sides: dict[bool, ImageSide] = {}  # the decoder's work shared by all prompts of this image, per precision
         shared = self._openvino or self._shared_decoder
+
+        def decode(sparse: torch.Tensor, dense: torch.Tensor, half: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            image_embedding = embedding if half else embedding.float()
+            with self._autocast(device, half):
+                if shared is None:
+                    return self._mask_decoder(
+                        image_embeddings=image_embedding,
+                        image_pe=image_pe,
+                        sparse_prompt_embeddings=sparse,
+                        dense_prompt_embeddings=dense,
+                        multimask_output=False,
+                    )
+                # No mask prompt: every prompt's dense embedding is the same no-mask vector.
+                if half not in sides:
+                    sides[half] = shared.image_side(image_embedding, image_pe, dense[:1])
+                return shared(sides[half], sparse)
+
         for with_box, n_points, members in prompts.groups():
             for start in range(0, len(members), chunk):
                 index = members[start : start + chunk]
@@ -536,35 +561,31 @@ class BoxSegmenter:
                 sparse, dense = self._prompt_encoder(
                     points=point_input, boxes=boxes_input[index] if with_box else None, masks=None
                 )
-                with self._autocast(device):
-                    if shared is None:
-                        logits, iou = self._mask_decoder(
-                            image_embeddings=embedding,
-                            image_pe=image_pe,
-                            sparse_prompt_embeddings=sparse,
-                            dense_prompt_embeddings=dense,
-                            multimask_output=False,
-                        )
-                    else:
-                        # No mask prompt: every prompt's dense embedding is the same no-mask vector.
-                        if side is None:
-                            side = shared.image_side(embedding, image_pe, dense[:1])
-                        logits, iou = shared(side, sparse)
+                logits, iou = decode(sparse, dense, self._half)
+                # OpenVINO checks and redoes its own; here one sync per chunk, only in half precision
+                if self._half and self._openvino is None and not _finite(logits, iou):
+                    self._redone_in_f32 += 1
+                    logits, iou = decode(sparse, dense, False)
                 at = torch.as_tensor(index, dtype=torch.int64, device=device)
                 low_res[at] = logits.float()
                 iou_pred[at] = iou.float()[:, 0]
 
         threshold = float(getattr(self._model, "mask_threshold", 0.0))
-        h, w = image.original_hw
-        eager = len(low_res) * h * w <= _EAGER_MASK_BYTES
+        finished = finished_masks(low_res, image.input_hw, image.original_hw, threshold)
         return SegmentationResult(
             iou_pred=iou_pred.cpu().numpy().astype(np.float32, copy=False),
-            low_res_logits=low_res[:, 0].cpu().numpy().astype(np.float32, copy=False),
+            low_res_logits=finished.low_res_logits,
             input_hw=image.input_hw,
             original_hw=image.original_hw,
-            eager_masks=postprocess_in_chunks(low_res, image.input_hw, image.original_hw, threshold) if eager else None,
+            eager_masks=finished.eager_masks,
             mask_threshold=threshold,
+            crops=finished.crops,
+            stability=finished.stability,
         )
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _load_entry(path: Path | None, device: torch.device | str, half: bool, variant: str) -> BoxSegmenter:

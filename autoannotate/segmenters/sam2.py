@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
+from autoannotate.runtime.device import half_dtype, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam import default_batch_size, default_decoder_batch_size
-from autoannotate.segmenters.sam_transforms import SegmentationResult, postprocess_in_chunks
+from autoannotate.segmenters.sam_transforms import SegmentationResult, finished_masks
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, weights_source
 from autoannotate.types import Detections, Masks
 
@@ -81,8 +82,6 @@ _IMAGE_PARTS = ("image_encoder.", "sam_prompt_encoder.", "sam_mask_decoder.", "n
 # SAM2Transforms: ImageNet statistics of the 0-1 range.
 _MEAN_RGB = (0.485, 0.456, 0.406)
 _STD_RGB = (0.229, 0.224, 0.225)
-# Above this many bytes of (N, H, W) bool masks, masks are computed one instance at a time when asked for.
-_EAGER_MASK_BYTES = 256 * 1024**2
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -234,8 +233,8 @@ class Sam2Segmenter:
 
         Args:
             model: The model; it is switched to eval mode.
-            half: Encoder and decoder under autocast, float16 on CUDA and bfloat16 on CPU (the prompt encoder and
-                the postprocessing stay in float32).
+            half: Encoder and decoder under autocast in ``runtime.device.half_dtype`` (bfloat16 on the CPU and on GPUs
+                that have it, else float16); the prompt encoder and the postprocessing stay in float32.
             decoder_batch_size: At most this many instances per decoder call (default
                 ``sam.default_decoder_batch_size(device)``); results do not depend on it beyond float rounding.
             variant, weights_path: For reporting (``load_sam2`` returns the variant).
@@ -290,8 +289,7 @@ class Sam2Segmenter:
 
     def release_cached_memory(self) -> None:
         """Return cached CUDA memory to the device (after an out-of-memory error); nothing to do on CPU."""
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_device_memory(self.device)
 
     def prepare(self, image_rgb: np.ndarray) -> Sam2Prepared:
         """``(H, W, 3)`` uint8 RGB array -> ``Sam2Prepared`` (CPU, thread-safe; the resize happens in ``segment``,
@@ -311,8 +309,7 @@ class Sam2Segmenter:
     def _autocast(self, device: torch.device) -> AbstractContextManager[Any]:
         if not self._half:
             return nullcontext()
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        return torch.autocast(device_type=device.type, dtype=dtype)
+        return torch.autocast(device_type=device.type, dtype=half_dtype(device))
 
     def _encoder_input(self, image: Sam2Prepared, device: torch.device) -> torch.Tensor:
         """``(3, S, S)`` float32: ``ToTensor``, ``Resize((S, S))`` (bilinear, antialiased), ``Normalize``."""
@@ -438,17 +435,17 @@ class Sam2Segmenter:
         low_res = self._refine_logits(low_res)
         threshold = float(getattr(self._model, "mask_threshold", 0.0))
         frame = (4 * low_res.shape[-2], 4 * low_res.shape[-1])  # stability_score reads the whole logits
-        eager = n * h0 * w0 <= _EAGER_MASK_BYTES
+        finished = finished_masks(low_res, frame, image.original_hw, threshold, stretched=True)
         return SegmentationResult(
             iou_pred=iou_pred.cpu().numpy().astype(np.float32, copy=False),
-            low_res_logits=low_res[:, 0].cpu().numpy().astype(np.float32, copy=False),
+            low_res_logits=finished.low_res_logits,
             input_hw=frame,
             original_hw=image.original_hw,
-            eager_masks=postprocess_in_chunks(low_res, frame, image.original_hw, threshold, stretched=True)
-            if eager
-            else None,
+            eager_masks=finished.eager_masks,
             mask_threshold=threshold,
             stretched=True,
+            crops=finished.crops,
+            stability=finished.stability,
         )
 
     @staticmethod

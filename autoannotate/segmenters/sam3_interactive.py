@@ -155,6 +155,10 @@ def explain_sam3(state_dict: Mapping[str, Any]) -> str | None:
 
 def build_sam3_model() -> torch.nn.Module:
     """ultralytics' interactive ``SAM3Model`` with random weights, on CPU, in eval mode (nothing is downloaded)."""
+    # ultralytics' SAM 3 imports torchvision on its first box prompt, and ultralytics' NMS takes torchvision's kernel
+    # once it is imported (``prompts.yolo._skip_cpu_warm_up``): imported here, at load, every image's detections of
+    # a run use the same NMS, whichever image comes first.
+    import torchvision  # noqa: F401
     from ultralytics.models.sam.build_sam3 import build_interactive_sam3
 
     # The builder always loads a checkpoint file (non-strictly): an empty one leaves the random initialisation.

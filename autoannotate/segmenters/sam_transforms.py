@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from autoannotate.quality import stability_score
-from autoannotate.types import Masks
+from autoannotate.quality import STABILITY_OFFSET, stability_score
+from autoannotate.types import MaskCrop, Masks
 
 __all__ = [
     "LOW_RES_SIZE",
@@ -106,21 +106,26 @@ class SegmentationResult:
 
     Attributes:
         iou_pred: ``(N,)`` float32, SAM's predicted IoU of each mask.
-        low_res_logits: ``(N, 256, 256)`` float32 decoder logits in the padded 1024x1024 frame (scaled by 1/4).
+        low_res_logits: ``(N, 256, 256)`` float32 decoder logits in the padded 1024x1024 frame (scaled by 1/4); None
+            on a GPU, where they stay on the device (``stability`` is computed there instead).
         input_hw, original_hw: the resized (longest side 1024) and original ``(H, W)``.
         stretched: The logits cover the whole image resized to a square (SAM 2 and 3: no padding, ``input_hw`` is
             that square, four times the logits' side), rather than SAM's padded longest-side frame.
         eager_masks: ``(N, H, W)`` bool when they fit a memory budget, else None and ``mask(i)`` computes each one
             on demand, so that a huge image with many boxes never holds all its full-size masks at once.
+        crops: On a GPU instead, each mask as the crop of its foreground (``postprocess_to_crops``).
+        stability: ``(N,)`` float64 ``quality.stability_score`` of each, when computed with the masks (on a GPU).
     """
 
     iou_pred: np.ndarray
-    low_res_logits: np.ndarray
+    low_res_logits: np.ndarray | None
     input_hw: tuple[int, int]
     original_hw: tuple[int, int]
     eager_masks: np.ndarray | None = None
     mask_threshold: float = 0.0
     stretched: bool = False
+    crops: tuple[MaskCrop, ...] | None = None
+    stability: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.iou_pred)
@@ -129,6 +134,10 @@ class SegmentationResult:
         """``(H, W)`` bool mask of box ``index``, exactly as the batched postprocessing computes it."""
         if self.eager_masks is not None:
             return self.eager_masks[index]
+        if self.crops is not None:
+            return self.crops[index].full(self.original_hw)
+        if self.low_res_logits is None:
+            raise ValueError("a SegmentationResult needs its masks held, as crops, or its low-res logits")
         logits = torch.from_numpy(self.low_res_logits[index : index + 1, None])
         return postprocess_logits(
             logits, self.input_hw, self.original_hw, self.mask_threshold, stretched=self.stretched
@@ -150,12 +159,19 @@ class SegmentationResult:
         of each box's low-res logits cropped to ``input_hw``, (N,) float64 so that the 6-decimal figures written
         from it are those of the float ``stability_score`` returns; the eager masks held, or ``mask`` as ``render``.
         """
-        stability = np.array(
-            [stability_score(self.low_res_logits[i], self.input_hw) for i in range(len(self))], dtype=np.float64
-        )
+        if self.stability is not None:
+            stability = self.stability
+        elif self.low_res_logits is not None:
+            stability = np.array(
+                [stability_score(self.low_res_logits[i], self.input_hw) for i in range(len(self))], dtype=np.float64
+            )
+        else:
+            raise ValueError("a SegmentationResult needs its stability or its low-res logits")
         scores = self.iou_pred.astype(np.float32, copy=False)
         if self.eager_masks is not None:
             return Masks(scores, stability, self.original_hw, held=self.eager_masks)
+        if self.crops is not None:
+            return Masks(scores, stability, self.original_hw, crops=self.crops)
         return Masks(scores, stability, self.original_hw, render=self.mask)
 
     @classmethod
@@ -195,6 +211,8 @@ def postprocess_logits(
 
 # Bytes of float32 full-resolution logits allowed per postprocessing chunk.
 _POSTPROCESS_BUDGET_BYTES = 256 * 1024**2
+# Above this many bytes of (N, H, W) bool masks (off a GPU), masks are computed one box at a time when asked for.
+_EAGER_MASK_BYTES = 256 * 1024**2
 
 
 def postprocess_in_chunks(
@@ -218,3 +236,94 @@ def postprocess_in_chunks(
             postprocess_logits(part, input_hw, original_hw, threshold, stretched=stretched).cpu().numpy()
         )
     return masks
+
+
+def postprocess_to_crops(
+    low_res: torch.Tensor,
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    threshold: float,
+    *,
+    stretched: bool = False,
+) -> tuple[MaskCrop, ...]:
+    """``postprocess_logits`` of ``(N, 1, L, L)`` logits, each mask returned as the crop of its foreground
+    (``types.MaskCrop``), in chunks as ``postprocess_in_chunks``.
+
+    Upsampling, thresholding and each mask's foreground box happen on the logits' device; only the boxes' pixels
+    come back, packed into one buffer per chunk (page-locked on CUDA, so that the copy is one DMA): two
+    synchronisations per chunk (the boxes, then the pixels), whatever the number of boxes. On a GPU this replaces
+    copying ``N`` full-size masks to pageable memory and scanning each whole on the host. The masks are those of
+    ``postprocess_in_chunks``, bit for bit.
+    """
+    h, w = original_hw
+    frame = low_res.shape[-1] * 4 if stretched else SAM_IMAGE_SIZE
+    chunk = max(1, _POSTPROCESS_BUDGET_BYTES // (4 * (frame * frame + h * w)))
+    on_cuda = low_res.device.type == "cuda"
+    crops: list[MaskCrop] = []
+    for start in range(0, len(low_res), chunk):
+        part = low_res[start : start + chunk]
+        masks = postprocess_logits(part, input_hw, original_hw, threshold, stretched=stretched)
+        rows, cols = masks.any(dim=2), masks.any(dim=1)  # (C, H), (C, W): which rows and columns have foreground
+        y1 = rows.to(torch.uint8).argmax(dim=1)
+        y2 = h - rows.flip(1).to(torch.uint8).argmax(dim=1)
+        x1 = cols.to(torch.uint8).argmax(dim=1)
+        x2 = w - cols.flip(1).to(torch.uint8).argmax(dim=1)
+        boxes = torch.stack([x1, y1, x2, y2, rows.any(dim=1).to(x1.dtype)], dim=1).tolist()
+        pieces = [masks[i, b[1] : b[3], b[0] : b[2]].reshape(-1) for i, b in enumerate(boxes) if b[4]]
+        flat = torch.cat(pieces) if pieces else masks.new_zeros((0,))
+        packed = torch.empty(flat.shape, dtype=torch.bool, pin_memory=on_cuda)
+        packed.copy_(flat, non_blocking=on_cuda)
+        if on_cuda:
+            torch.cuda.current_stream(low_res.device).synchronize()
+        pixels = packed.numpy()
+        at = 0
+        for x_1, y_1, x_2, y_2, has in boxes:
+            if not has:
+                crops.append(MaskCrop(np.zeros((0, 0), bool), 0, 0))
+                continue
+            size = (y_2 - y_1) * (x_2 - x_1)
+            crops.append(MaskCrop(pixels[at : at + size].reshape(y_2 - y_1, x_2 - x_1), x_1, y_1))
+            at += size
+    return tuple(crops)
+
+
+def stability_on_device(low_res: torch.Tensor, input_hw: tuple[int, int]) -> np.ndarray:
+    """``quality.stability_score`` of each of ``(N, 1, L, L)`` logits, counted on their device: ``(N,)`` float64,
+    the same numbers (both are ratios of the same two pixel counts), without copying the logits to the host."""
+    h, w = max(1, round(input_hw[0] / 4)), max(1, round(input_hw[1] / 4))
+    crop = low_res[:, 0, :h, :w]
+    counts = torch.stack([(crop > STABILITY_OFFSET).sum((1, 2)), (crop > -STABILITY_OFFSET).sum((1, 2))], 1)
+    strict, loose = counts.cpu().numpy().astype(np.float64).T
+    return np.divide(strict, loose, out=np.ones_like(strict), where=loose > 0)
+
+
+@dataclass(frozen=True)
+class FinishedMasks:
+    """What a segmenter keeps of an image's masks (``SegmentationResult``'s fields of the same names): on a GPU the
+    crops and the stability scores, computed there, and no low-res logits on the host; elsewhere the logits, and the
+    full masks when they fit ``_EAGER_MASK_BYTES`` (else each is computed when the writer asks for it, so that a huge
+    image with many boxes never holds them all)."""
+
+    low_res_logits: np.ndarray | None
+    eager_masks: np.ndarray | None = None
+    crops: tuple[MaskCrop, ...] | None = None
+    stability: np.ndarray | None = None
+
+
+def finished_masks(
+    low_res: torch.Tensor,
+    input_hw: tuple[int, int],
+    original_hw: tuple[int, int],
+    threshold: float,
+    *,
+    stretched: bool = False,
+) -> FinishedMasks:
+    """``FinishedMasks`` of ``(N, 1, L, L)`` float32 logits on their device (see there)."""
+    if low_res.device.type == "cuda":
+        crops = postprocess_to_crops(low_res, input_hw, original_hw, threshold, stretched=stretched)
+        return FinishedMasks(None, crops=crops, stability=stability_on_device(low_res, input_hw))
+    logits = low_res[:, 0].cpu().numpy().astype(np.float32, copy=False)
+    h, w = original_hw
+    if len(low_res) * h * w > _EAGER_MASK_BYTES:
+        return FinishedMasks(logits)
+    return FinishedMasks(logits, postprocess_in_chunks(low_res, input_hw, original_hw, threshold, stretched=stretched))

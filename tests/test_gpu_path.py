@@ -1,0 +1,115 @@
+"""The GPU path's decisions, on the CPU with CUDA mocked at torch's boundary: what ``--half`` computes in, what a
+GPU run adds to the resume fingerprint, and a non-finite half-precision result computed again in float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from autoannotate.runtime.device import compute_record, half_dtype
+
+
+@pytest.fixture
+def gpu(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A mocked CUDA device whose name and bfloat16 support the test sets."""
+    state: dict[str, Any] = {"name": "NVIDIA H200", "bf16": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: state["bf16"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: state["name"])
+    return state
+
+
+def test_half_is_bfloat16_where_the_gpu_has_it_else_float16(gpu: dict[str, Any]) -> None:
+    cuda = torch.device("cuda", 0)
+    assert half_dtype(torch.device("cpu")) == torch.bfloat16
+    assert half_dtype(cuda) == torch.bfloat16  # Ampere and later: float32's range, no fp16 overflow
+    gpu["bf16"] = False  # e.g. a T4 or V100
+    assert half_dtype(cuda) == torch.float16
+
+
+def test_a_gpu_run_records_device_kind_dtypes_and_tf32(gpu: dict[str, Any]) -> None:
+    cuda = torch.device("cuda", 0)
+    assert compute_record(torch.device("cpu"), True) is None  # CPU fingerprints stay as they were
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    assert compute_record(cuda, False) == {
+        "device": "cuda",
+        "dtype": "float32",
+        "detector_dtype": "float32",
+        "name": "NVIDIA H200",
+        "tf32": tf32,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
+    bf16 = compute_record(cuda, True)
+    assert bf16 is not None and (bf16["dtype"], bf16["detector_dtype"]) == ("bfloat16", "float16")
+    gpu["bf16"] = False
+    fp16 = compute_record(cuda, True)
+    assert fp16 is not None and fp16["dtype"] == "float16"
+    gpu["name"] = "Tesla T4"
+    assert compute_record(cuda, True) != fp16  # another device kind
+
+
+def test_the_fingerprint_differs_by_dtype_and_device_kind(
+    tmp_path: Path, yolo_weights: Path, gpu: dict[str, Any]
+) -> None:
+    """The job's label settings carry a GPU run's compute record: labels made in another dtype or on another kind of
+    device are redone on resume, not mixed. A CPU run's have none (its earlier fingerprints still match)."""
+    from autoannotate.config import build_settings
+    from autoannotate.job import AnnotationJob
+    from autoannotate.resume import settings_fingerprint
+
+    (tmp_path / "imgs").mkdir()
+    options = {"data": str(tmp_path / "imgs"), "det_model": str(yolo_weights), "sam_model": "none", "device": "cpu"}
+    with AnnotationJob(build_settings(None, {**options, "output_dir": str(tmp_path / "out")})) as job:
+        models = job.load()
+        assert "compute" not in job.label_settings() and models.compute is None
+        fingerprints = set()
+        for name, bf16, half in [("NVIDIA H200", True, False), ("NVIDIA H200", True, True), ("Tesla T4", False, True)]:
+            gpu.update(name=name, bf16=bf16)
+            models.records["compute"] = compute_record(torch.device("cuda", 0), half)
+            assert job.label_settings()["compute"] == models.compute
+            fingerprints.add(settings_fingerprint(job.label_settings()))
+        assert len(fingerprints) == 3
+
+
+class _NanWhenHalf:
+    """Wraps a callable: its output is NaN while CPU autocast is on (a float16 overflow, as SAM's ViT encoders can
+    have), itself otherwise."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.half_calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.wrapped(*args, **kwargs)
+        if not torch.is_autocast_enabled("cpu"):
+            return out
+        self.half_calls += 1
+        if isinstance(out, tuple):
+            return tuple(torch.full_like(t, float("nan")) for t in out)
+        return torch.full_like(out, float("nan"))
+
+
+def test_a_non_finite_half_result_is_computed_again_in_float32(mobile_sam_weights: Path) -> None:
+    """Encoder batch and decoder chunk each checked: with both NaN in half precision, each is redone in float32 and
+    the masks, scores and logits are exactly the float32 segmenter's (no empty mask, no NaN score)."""
+    from autoannotate.segmenters.sam import BoxSegmenter
+
+    half = BoxSegmenter.from_weights(str(mobile_sam_weights), "cpu", half=True)
+    full = BoxSegmenter.from_weights(str(mobile_sam_weights), "cpu")
+    encoder, decoder = _NanWhenHalf(half._image_encoder), _NanWhenHalf(half._shared_decoder)
+    half._image_encoder, half._shared_decoder = encoder, decoder  # type: ignore[assignment]
+    image = np.random.default_rng(5).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 80, 90], [40, 20, 150, 110], [0, 0, 60, 60]], np.float32)
+    (got,) = half.predict([half.prepare(image)], [boxes])
+    (expected,) = full.predict([full.prepare(image)], [boxes])
+    assert encoder.half_calls == 1 and decoder.half_calls == 2  # one batch; 3 boxes in chunks of 2 on CPU
+    assert half.redone_in_f32 == 3
+    np.testing.assert_array_equal(got.iou_pred, expected.iou_pred)
+    np.testing.assert_array_equal(got.low_res_logits, expected.low_res_logits)
+    assert np.isfinite(got.iou_pred).all()
