@@ -44,14 +44,20 @@ _DEVICE_HINT = "use '', 'cpu', 'cuda:0' or '0'"
 _DEVICE_SPEC = re.compile(r"(|cpu|cuda|mps(:0)?|\d+(,\d+)*|(npu|xpu)(:\d+(,\d+)*)?)")
 
 
-def requested_kind(device: str) -> str:
-    """What ``--device`` asks for, without looking at this machine: ``auto`` (``''``), ``cpu``, ``cuda`` (an index,
-    a list of them, ``cuda`` or ``cuda:N``), ``mps``, ``npu`` or ``xpu``. ConfigError for a name that is no device."""
+def _spec(device: str) -> str:
+    """``--device`` lower-cased, ``cuda:`` dropped before an index; ConfigError for a name that is no device."""
     spec = device.strip().lower()
     if spec.startswith("cuda:"):
         spec = spec[len("cuda:") :]
     if not _DEVICE_SPEC.fullmatch(spec):
         raise ConfigError(f"invalid --device {excerpt(device)}: not a device name; {_DEVICE_HINT}")
+    return spec
+
+
+def requested_kind(device: str) -> str:
+    """What ``--device`` asks for, without looking at this machine: ``auto`` (``''``), ``cpu``, ``cuda`` (an index,
+    a list of them, ``cuda`` or ``cuda:N``), ``mps``, ``npu`` or ``xpu``. ConfigError for a name that is no device."""
+    spec = _spec(device)
     if spec == "":
         return "auto"
     if spec == "cuda" or spec[:1].isdigit():
@@ -68,12 +74,8 @@ def select_device(device: str) -> torch.device:
     a driver narrows what a local Ray sees. The environment is never touched; CUDA indices are torch's, counted
     within whatever ``CUDA_VISIBLE_DEVICES`` the caller set. Making it the current device is ``activate``'s job.
     """
-    spec = device.strip().lower()
-    if spec.startswith("cuda:"):
-        spec = spec[len("cuda:") :]
+    spec = _spec(device)
     shown = excerpt(device)
-    if not _DEVICE_SPEC.fullmatch(spec):
-        raise ConfigError(f"invalid --device {shown}: not a device name; {_DEVICE_HINT}")
     if spec == "cpu":
         return torch.device("cpu")
     if spec in ("", "cuda"):
