@@ -257,3 +257,45 @@ def test_cli_run_with_a_sam21_checkpoint(tmp_path: Path, yolo_weights: Path, met
     manifest = json.loads((out / "autoannotate.json").read_text())
     assert manifest["models"]["segmenter"]["variant"] == "sam2.1_t"
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["im0.txt", "im1.txt"]
+
+
+def test_a_non_finite_half_result_is_computed_again_in_float32(ours: Sam2Segmenter) -> None:
+    """As MobileSAM's: the encoder batch and each decoder chunk NaN under autocast (a float16 overflow) are computed
+    again in float32, and the result is exactly the float32 segmenter's."""
+    (h, w), boxes = SCENES[0]
+    image = _image(h, w, seed=0)
+    half = Sam2Segmenter(ours.model, half=True)
+    encode = half._encode
+    calls = {"encode": 0, "decode": 0}
+
+    def nan(out: object) -> object:
+        if isinstance(out, torch.Tensor):
+            return torch.full_like(out, float("nan"))
+        if isinstance(out, list | tuple):
+            return type(out)(nan(o) for o in out)
+        return out
+
+    def encode_nan(batch: torch.Tensor) -> object:
+        out = encode(batch)
+        if torch.is_autocast_enabled("cpu"):
+            calls["encode"] += 1
+            return nan(out)
+        return out
+
+    def decoder_nan(module: object, args: object, out: object) -> object:
+        if torch.is_autocast_enabled("cpu"):
+            calls["decode"] += 1
+            return nan(out)
+        return None
+
+    half._encode = encode_nan  # type: ignore[method-assign]
+    hook = ours.model.sam_mask_decoder.register_forward_hook(decoder_nan)
+    try:
+        (got,) = half.predict([half.prepare(image)], [boxes])
+    finally:
+        hook.remove()
+    (expected,) = ours.predict([ours.prepare(image)], [boxes])
+    assert calls["encode"] == 1 and calls["decode"] >= 1
+    assert half.redone_in_f32 == 1 + calls["decode"]
+    np.testing.assert_array_equal(got.iou_pred, expected.iou_pred)
+    np.testing.assert_array_equal(got.masks, expected.masks)

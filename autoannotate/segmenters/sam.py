@@ -39,6 +39,7 @@ from autoannotate.segmenters.sam_transforms import (
     SAM_IMAGE_SIZE,
     PreparedImage,
     SegmentationResult,
+    all_finite,
     finished_masks,
     prepare_image,
 )
@@ -495,7 +496,7 @@ class BoxSegmenter:
                 else:
                     with self._autocast(device):
                         embeddings = self._image_encoder(batch)
-                    if self._half and not bool(torch.isfinite(embeddings).all()):  # fp16 overflow: redo in float32
+                    if self._half and not all_finite(embeddings):  # fp16 overflow: redo in float32
                         self._redone_in_f32 += 1
                         embeddings = self._image_encoder(batch)
                 image_pe = self._dense_pe()
@@ -563,7 +564,7 @@ class BoxSegmenter:
                 )
                 logits, iou = decode(sparse, dense, self._half)
                 # OpenVINO checks and redoes its own; here one sync per chunk, only in half precision
-                if self._half and self._openvino is None and not _finite(logits, iou):
+                if self._half and self._openvino is None and not all_finite(logits, iou):
                     self._redone_in_f32 += 1
                     logits, iou = decode(sparse, dense, False)
                 at = torch.as_tensor(index, dtype=torch.int64, device=device)
@@ -582,10 +583,6 @@ class BoxSegmenter:
             crops=finished.crops,
             stability=finished.stability,
         )
-
-
-def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _load_entry(path: Path | None, device: torch.device | str, half: bool, variant: str) -> BoxSegmenter:

@@ -43,7 +43,7 @@ from autoannotate.runtime.device import half_dtype, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam import default_batch_size, default_decoder_batch_size
-from autoannotate.segmenters.sam_transforms import SegmentationResult, finished_masks
+from autoannotate.segmenters.sam_transforms import SegmentationResult, all_finite, finished_masks
 from autoannotate.segmenters.weights import SAM_FLAG_HINT, read_state_dict, weights_source
 from autoannotate.types import Detections, Masks
 
@@ -248,6 +248,7 @@ class Sam2Segmenter:
         self._parts = cast(Any, model)
         self.image_size = int(self._parts.image_size)
         self._half = bool(half)
+        self._redone_in_f32 = 0
         self._decoder_batch_size = decoder_batch_size
         self._variant = variant
         self._weights_path = weights_path
@@ -279,6 +280,12 @@ class Sam2Segmenter:
         return self._half
 
     @property
+    def redone_in_f32(self) -> int:
+        """How many encoder batches and decoder chunks gave non-finite values in half precision and were computed
+        again in float32."""
+        return self._redone_in_f32
+
+    @property
     def device(self) -> torch.device:
         """The device of the model's parameters, where all computation runs."""
         return next(self._model.parameters()).device
@@ -306,8 +313,8 @@ class Sam2Segmenter:
         tensor = torch.from_numpy(np.ascontiguousarray(image_rgb))
         return Sam2Prepared(tensor, (int(image_rgb.shape[0]), int(image_rgb.shape[1])))
 
-    def _autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        if not self._half:
+    def _autocast(self, device: torch.device, half: bool | None = None) -> AbstractContextManager[Any]:
+        if not (self._half if half is None else half):
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=half_dtype(device))
 
@@ -385,6 +392,9 @@ class Sam2Segmenter:
                 batch = torch.stack([self._encoder_input(images[i], device) for i in todo])
                 with self._autocast(device):
                     embed, high_res = self._encode(batch)
+                if self._half and not all_finite(embed, *high_res):  # fp16 overflow: this batch again in float32
+                    self._redone_in_f32 += 1
+                    embed, high_res = self._encode(batch)
                 image_pe = self._parts.sam_prompt_encoder.get_dense_pe()
                 for k, i in enumerate(todo):
                     features = _Features(embed[k : k + 1], tuple(level[k : k + 1] for level in high_res))
@@ -416,16 +426,10 @@ class Sam2Segmenter:
                 coords, labels = self._prompt_points(corners, prompts, index, with_box, n_points, scale, side)
                 # float32 even with half=True: the Fourier encoding of coordinates in bfloat16 moves them by pixels.
                 sparse, dense = self._parts.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-                with self._autocast(device):
-                    logits, iou, _, _ = self._parts.sam_mask_decoder(
-                        image_embeddings=features.image_embed,
-                        image_pe=image_pe,
-                        sparse_prompt_embeddings=sparse,
-                        dense_prompt_embeddings=dense,
-                        multimask_output=False,
-                        repeat_image=True,
-                        high_res_features=list(features.high_res),
-                    )
+                logits, iou = self._decode_chunk(features, image_pe, sparse, dense, self._half)
+                if self._half and not all_finite(logits, iou):  # one sync per chunk, only in half precision
+                    self._redone_in_f32 += 1
+                    logits, iou = self._decode_chunk(features, image_pe, sparse, dense, False)
                 if low_res is None:
                     low_res = torch.empty((n, 1, *logits.shape[-2:]), dtype=torch.float32, device=device)
                 at = torch.as_tensor(index, dtype=torch.int64, device=device)
@@ -447,6 +451,25 @@ class Sam2Segmenter:
             crops=finished.crops,
             stability=finished.stability,
         )
+
+    def _decode_chunk(
+        self, features: _Features, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, half: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask decoder on one chunk of prompts: ``(logits (B, 1, h, w), iou (B, 1))``, under autocast if
+        ``half`` (else in float32, the features converted)."""
+        embed = features.image_embed if half else features.image_embed.float()
+        high_res = [level if half else level.float() for level in features.high_res]
+        with self._autocast(features.image_embed.device, half):
+            logits, iou, _, _ = self._parts.sam_mask_decoder(
+                image_embeddings=embed,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+                repeat_image=True,
+                high_res_features=high_res,
+            )
+        return logits, iou
 
     @staticmethod
     def _prompt_points(

@@ -238,6 +238,12 @@ def postprocess_in_chunks(
     return masks
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Whether every value of every tensor is finite (one synchronisation each on a GPU): the half-precision check
+    after which a segmenter computes an encoder batch or a decoder chunk again in float32."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def postprocess_to_crops(
     low_res: torch.Tensor,
     input_hw: tuple[int, int],
