@@ -28,7 +28,7 @@ from autoannotate.errors import DeviceError, ImageError, OutputError, one_line
 from autoannotate.inputs.base import InputItem
 from autoannotate.polygons import PolygonPolicy, mask_to_polygons
 from autoannotate.prompts.base import PromptSource
-from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou, mask_box_xyxy
+from autoannotate.quality import InstanceQuality, box_iou_xyxy, fill_iou
 from autoannotate.resume import Journal, LabelEntry, LabelState, PreviousRun, bytes_sha256, label_state
 from autoannotate.runtime.cores import available_cores
 from autoannotate.segmenters.base import Segmenter
@@ -434,7 +434,7 @@ def instance_shapes(
         corner = np.array([crop.x0, crop.y0], np.float64)
         local = [] if skipped or crop.pixels.size == 0 else mask_to_polygons(crop.pixels, policy)
         polygons = [polygon + corner for polygon in local]
-        local_box = mask_box_xyxy(crop.pixels)
+        local_box = crop.local_box_xyxy  # no scan: the crop is the foreground's box
         out.append(
             InstanceShape(
                 lines=[format_polygon_line(class_id, polygon, resolution_wh) for polygon in polygons],

@@ -48,10 +48,15 @@ class InstanceQuality:
         return cls(**fields)
 
 
+def low_res_image_hw(input_hw: tuple[int, int]) -> tuple[int, int]:
+    """The image's area in SAM's ``(256, 256)`` low-res logits, ``(h, w)``: the resized input scaled by 1/4."""
+    return max(1, round(input_hw[0] / 4)), max(1, round(input_hw[1] / 4))
+
+
 def stability_score(low_res_logits: np.ndarray, input_hw: tuple[int, int], threshold: float = 0.0) -> float:
     """SAM's stability score: IoU of the mask thresholded at ``threshold +- 1``, on the ``(256, 256)`` low-res logits
     cropped to the image's area (the padding is not part of the image). 1.0 for an empty mask."""
-    h, w = max(1, round(input_hw[0] / 4)), max(1, round(input_hw[1] / 4))
+    h, w = low_res_image_hw(input_hw)
     crop = low_res_logits[:h, :w]
     strict = int((crop > threshold + STABILITY_OFFSET).sum())
     loose = int((crop > threshold - STABILITY_OFFSET).sum())

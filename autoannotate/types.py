@@ -109,6 +109,12 @@ class MaskCrop:
     x0: int
     y0: int
 
+    @property
+    def local_box_xyxy(self) -> np.ndarray | None:
+        """The foreground's box in the crop's own frame (``0 0 w h``: the crop is that box), None when empty."""
+        h, w = self.pixels.shape
+        return np.array([0, 0, w, h], dtype=np.float64) if h and w else None
+
     @classmethod
     def of(cls, mask: np.ndarray) -> MaskCrop:
         """The crop of a full ``(H, W)`` mask (a view of it, no copy)."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from autoannotate.quality import STABILITY_OFFSET, stability_score
+from autoannotate.quality import STABILITY_OFFSET, low_res_image_hw, stability_score
 from autoannotate.types import MaskCrop, Masks
 
 __all__ = [
@@ -296,7 +296,7 @@ def postprocess_to_crops(
 def stability_on_device(low_res: torch.Tensor, input_hw: tuple[int, int]) -> np.ndarray:
     """``quality.stability_score`` of each of ``(N, 1, L, L)`` logits, counted on their device: ``(N,)`` float64,
     the same numbers (both are ratios of the same two pixel counts), without copying the logits to the host."""
-    h, w = max(1, round(input_hw[0] / 4)), max(1, round(input_hw[1] / 4))
+    h, w = low_res_image_hw(input_hw)
     crop = low_res[:, 0, :h, :w]
     counts = torch.stack([(crop > STABILITY_OFFSET).sum((1, 2)), (crop > -STABILITY_OFFSET).sum((1, 2))], 1)
     strict, loose = counts.cpu().numpy().astype(np.float64).T
