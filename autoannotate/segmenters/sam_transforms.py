@@ -215,6 +215,13 @@ _POSTPROCESS_BUDGET_BYTES = 256 * 1024**2
 _EAGER_MASK_BYTES = 256 * 1024**2
 
 
+def _boxes_per_chunk(low_res: torch.Tensor, original_hw: tuple[int, int], stretched: bool) -> int:
+    """Boxes whose float32 logits, upscaled to the model's frame and to the image, fit ``_POSTPROCESS_BUDGET_BYTES``."""
+    h, w = original_hw
+    frame = low_res.shape[-1] * 4 if stretched else SAM_IMAGE_SIZE
+    return max(1, _POSTPROCESS_BUDGET_BYTES // (4 * (frame * frame + h * w)))
+
+
 def postprocess_in_chunks(
     low_res: torch.Tensor,
     input_hw: tuple[int, int],
@@ -227,8 +234,7 @@ def postprocess_in_chunks(
     logits stay under ~256 MB; thresholds on the logits' device so that only booleans are copied to the host.
     Returns ``(N, H, W)`` bool."""
     h, w = original_hw
-    frame = low_res.shape[-1] * 4 if stretched else SAM_IMAGE_SIZE
-    chunk = max(1, _POSTPROCESS_BUDGET_BYTES // (4 * (frame * frame + h * w)))
+    chunk = _boxes_per_chunk(low_res, original_hw, stretched)
     masks = np.empty((len(low_res), h, w), dtype=bool)
     for start in range(0, len(low_res), chunk):
         part = low_res[start : start + chunk]
@@ -262,8 +268,7 @@ def postprocess_to_crops(
     ``postprocess_in_chunks``, bit for bit.
     """
     h, w = original_hw
-    frame = low_res.shape[-1] * 4 if stretched else SAM_IMAGE_SIZE
-    chunk = max(1, _POSTPROCESS_BUDGET_BYTES // (4 * (frame * frame + h * w)))
+    chunk = _boxes_per_chunk(low_res, original_hw, stretched)
     on_cuda = low_res.device.type == "cuda"
     crops: list[MaskCrop] = []
     for start in range(0, len(low_res), chunk):
