@@ -706,6 +706,12 @@ class OutputSettings:
         order=200,
         yaml_help="overlays for this many sampled images, plus previews/contact_sheet.png",
     )
+    report: bool = option(
+        False,
+        help="Also write report.html: counts, score plots and a worst-first gallery (see `autoannotate report`).",
+        order=205,
+        yaml_help="also write report.html (counts, score plots, worst-first gallery), as `autoannotate report` does",
+    )
     val_fraction: float = option(
         0.0,
         help="Share of images (chosen by path, deterministic) listed in val.txt, the rest in train.txt.",
@@ -717,6 +723,12 @@ class OutputSettings:
         help="Replace label files and data.yaml that autoannotate did not write.",
         order=270,
         yaml_help="replace label files and data.yaml that autoannotate did not write",
+    )
+    overwrite_reviewed: bool = option(
+        False,
+        help="Redo labels a person reviewed (written by `autoannotate import`); --overwrite alone keeps them.",
+        order=275,
+        yaml_help="redo labels a person reviewed (written by autoannotate import); overwrite alone keeps them",
     )
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
@@ -22,7 +22,7 @@ from autoannotate import __version__
 from autoannotate.config import RunSettings, RuntimeKind, parse_shard
 from autoannotate.dataset.layout import DATA_YAML, FALLBACK_DATA_YAML, DatasetLayout, plan_layout, prepare_output
 from autoannotate.engines import EngineRun, engine_entry
-from autoannotate.errors import OutputError
+from autoannotate.errors import ConfigError, OutputError
 from autoannotate.finalize import DatasetEntry, coco_text, split_lists, write_preview_files
 from autoannotate.inputs import InputItem, ListingContext, kind_for
 from autoannotate.inputs.listing import SourceSpec, estimate_items, iter_items, resolve_data
@@ -65,6 +65,7 @@ class Summary:
     failed: int
     skipped: int
     edited: int  # labels autoannotate wrote and a person changed since: kept as they are
+    reviewed: int  # labels a person reviewed (``autoannotate import``): kept as they are
     removed: int  # labels of ours removed because their image is gone
     other_settings: int  # labels in the output dir made by earlier runs with other settings (see `check`)
     empty_masks: int
@@ -76,12 +77,18 @@ class Summary:
     sam_iou: dict[str, float] | None = None  # distribution of SAM's predicted IoU over written instances
     coco_json: str | None = None
     previews: str | None = None
+    report: str | None = None  # report.html, when --report asked for it
     prompts: list[str] | None = None  # the class prompts of an open-vocabulary run (data.yaml's names), else None
     videos: int = 0  # video files this run read (or found done)
     frames: int = 0  # of ``images``, the video frames
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _marks(previous: PreviousRun, redone: set[str]) -> dict[str, dict[str, str]]:
+    """The manifest's ``reviewed`` section: earlier marks, less those of the labels this run wrote again."""
+    return {key: mark.to_dict() for key, mark in sorted(previous.reviewed.items()) if key not in redone}
 
 
 def in_shard(rel_path: PurePosixPath, shard: tuple[int, int] | None) -> bool:
@@ -112,6 +119,9 @@ class AnnotationJob:
         self.spec: SourceSpec = resolve_data(settings.inputs.data, stdin)
         self.layout: DatasetLayout = plan_layout(self.spec, settings.inputs.data, settings.output.output_dir)
         refuse_overwriting_inputs(settings, self.layout)
+        if self.shard is not None and settings.output.overwrite_reviewed:
+            # a shard's manifest would drop the marks of the labels it redid while the other shards' keep them
+            raise ConfigError("--overwrite-reviewed redoes labels of the whole dataset; run it without --shard")
         self.models: Models | None = None
         self.data_yaml_path: Path = self.layout.output_dir / DATA_YAML
         self.notices: list[str] = []  # one-line warnings for the user (e.g. data.yaml written under another name)
@@ -232,9 +242,10 @@ class AnnotationJob:
         if previous.entries and previous.fingerprint not in (None, fingerprint) and not self.settings.output.overwrite:
             self.notices.append(_changed_settings_notice(previous.settings, label_settings))
         o = self.settings.output
-        if self.shard is not None and (o.coco or o.preview or o.val_fraction):
+        if self.shard is not None and (o.coco or o.preview or o.val_fraction or o.report):
             self.notices.append(
-                "--coco, --preview and --val-fraction cover the whole dataset, so a shard does not write them: once"
+                "--coco, --preview, --val-fraction and --report cover the whole dataset, so a shard does not write"
+                " them: once"
                 " every shard is done, rerun the same command without --shard (it skips every annotated image)"
             )
         self.data_yaml_path = self._write_data_yaml()
@@ -272,6 +283,12 @@ class AnnotationJob:
             path = out / rel
             if (path.exists() or path.is_symlink()) and not previous.owns_file(rel, path):
                 theirs.append(rel)
+        if self.settings.output.report and self.shard is None:
+            from autoannotate.review.report import REPORT_NAME, is_report
+
+            report = out / REPORT_NAME
+            if (report.exists() or report.is_symlink()) and not is_report(report):  # ours says so in its head
+                theirs.append(REPORT_NAME)
         if theirs:
             more = f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""
             raise OutputError(
@@ -302,6 +319,14 @@ class AnnotationJob:
         label_settings = self.label_settings()
         fingerprint = settings_fingerprint(label_settings)
         entries: dict[str, LabelEntry] = {} if s.output.overwrite else dict(previous.entries)
+        if s.output.overwrite:  # a person's reviewed labels stay, and stay known: only --overwrite-reviewed redoes them
+            entries.update({k: e for k, e in previous.entries.items() if k in previous.reviewed})
+        # what the stages see: with --overwrite-reviewed, no label is reviewed, and a reviewed label is ours to redo
+        seen = previous
+        if s.output.overwrite_reviewed:
+            kept = {k: e for k, e in previous.entries.items() if k not in previous.reviewed}
+            seen = replace(previous, reviewed={}, entries=kept, owned=previous.owned | set(previous.reviewed))
+        redone: set[str] = set()  # labels this run wrote (a reviewed one among them is no longer reviewed)
         owned = set(previous.owned)
         counts = dict.fromkeys(("images", *Status, "instances", "empty_masks"), 0)
         counts["dropped"] = 0
@@ -333,6 +358,8 @@ class AnnotationJob:
                 "files": dict(sorted(files.items())),
                 # labels an earlier run owned but which are not known done stay listed, so they stay ours
                 "labels": {key: (entries[key].to_dict() if key in entries else {}) for key in sorted(owned)},
+                # labels a person reviewed (absent when none, so that other manifests read as they always have)
+                **({"reviewed": reviewed} if (reviewed := _marks(previous, redone)) else {}),
                 # video scans (absent without videos, so that an image run's manifest reads as it always has)
                 **({"videos": video_records} if video_records else {}),
             }
@@ -348,7 +375,7 @@ class AnnotationJob:
         book: VideoBook | None = None
         write_text_atomic(manifest_path, format_manifest(manifest("running")))
         journal = Journal(out / self.files.journal)
-        book = VideoBook(previous, journal, self.layout, fingerprint, overwrite=s.output.overwrite)
+        book = VideoBook(seen, journal, self.layout, fingerprint, overwrite=s.output.overwrite)
         items: dict[PurePosixPath, InputItem] = {}  # by key, as listed: the whole-dataset files read them again
 
         def listed() -> Iterator[InputItem]:
@@ -358,10 +385,9 @@ class AnnotationJob:
 
         engine = engine_entry(s.engine.engine)
         outcomes = engine.run(
-            EngineRun(
-                engine_settings, self.layout, previous, fingerprint, listed(), models, journal, self.files.journal
-            )
+            EngineRun(engine_settings, self.layout, seen, fingerprint, listed(), models, journal, self.files.journal)
         )
+        reviewed_keys = set(seen.reviewed)
         complete = False
         last_checkpoint = time.monotonic()
         removed = 0
@@ -381,7 +407,8 @@ class AnnotationJob:
                     rows: list[dict[str, Any]] = []
                     if outcome.status == Status.SKIPPED:
                         rows = previous.rows.get(key, [])
-                    elif outcome.status != Status.EDITED:  # a person's label: its old rows describe another label
+                    elif outcome.status not in (Status.EDITED, Status.REVIEWED):  # a person's: old rows are stale
+                        redone.add(key)
                         signature = outcome.signature or (0, 0)
                         entries[key] = LabelEntry(
                             outcome.origin,
@@ -425,7 +452,15 @@ class AnnotationJob:
             if complete:  # the distributed workers' journals are folded into the manifest too
                 for worker_journal in out.glob(f"{Path(self.files.journal).stem}.worker-*.jsonl"):
                     worker_journal.unlink(missing_ok=True)
-        other_settings = sorted(k for k, e in entries.items() if e.fingerprint != fingerprint and k not in done)
+        report = self._write_report() if s.output.report and self.shard is None else None
+        if counts[Status.REVIEWED] and s.output.overwrite and not s.output.overwrite_reviewed:
+            self.notices.append(
+                f"kept {counts[Status.REVIEWED]} label(s) a person reviewed (autoannotate import) despite --overwrite;"
+                " --overwrite-reviewed redoes them"
+            )
+        other_settings = sorted(
+            k for k, e in entries.items() if e.fingerprint != fingerprint and k not in done and k not in reviewed_keys
+        )
         if other_settings and self.shard is None:
             self.notices.append(
                 f"{len(other_settings)} label(s) in {str(out)!r} were made with other settings than this run's (e.g."
@@ -445,6 +480,7 @@ class AnnotationJob:
             failed=counts[Status.FAILED],
             skipped=counts[Status.SKIPPED],
             edited=counts[Status.EDITED],
+            reviewed=counts[Status.REVIEWED],
             removed=removed,
             other_settings=len(other_settings) if self.shard is None else 0,
             empty_masks=counts["empty_masks"],
@@ -456,10 +492,24 @@ class AnnotationJob:
             sam_iou=score_summary(scores),
             coco_json=str(out / COCO_NAME) if COCO_NAME in files and s.output.coco else None,
             previews=str(out / PREVIEWS_DIR) if s.output.preview and self.shard is None else None,
+            report=str(report) if report is not None else None,
             prompts=list(record["names"]) if (record := models.prompt_record) is not None else None,
             videos=len(videos),
             frames=frames,
         )
+
+    def _write_report(self) -> Path:
+        """``OUT/report.html`` of the whole output dir, once its manifest is complete (``--report``); one of
+        someone else's there was refused before the first image, or is replaced with ``--overwrite``."""
+        from autoannotate.review.report import REPORT_NAME, is_report, write_report
+        from autoannotate.review.run_view import open_run
+
+        path = self.layout.output_dir / REPORT_NAME
+        if self.settings.output.overwrite and (path.exists() or path.is_symlink()) and not is_report(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        write_report(open_run(self.layout.output_dir), path)
+        return path
 
     @property
     def summary(self) -> Summary:
@@ -495,7 +545,7 @@ class AnnotationJob:
         # the frames kept by this run's scans that reached their video's end: any other frame of those is not kept
         scanned = {video: book.kept_indices(video) for video in book.ended} if book is not None else {}
         for key, entry in sorted(entries.items()):
-            if key in done:
+            if key in done or key in previous.reviewed:  # a reviewed label is a person's: theirs to remove
                 continue
             if entry.frame is None:
                 if os.path.lexists(entry.image):  # the item's origin (an image file) is still there

@@ -25,7 +25,7 @@ from autoannotate.writers.sidecar import format_rows
 # As the runs name them (no leading zeros, ASCII digits): anything else is not a shard manifest of ours.
 _SHARD_MANIFEST = re.compile(r"autoannotate\.shard-(0|[1-9][0-9]*)-of-(0|[1-9][0-9]*)\.json")
 # The run manifest's counts (job.py), in its order; merged, they are summed, and ``labeled`` = ok + empty.
-_COUNTED = ("images", "ok", "empty", "failed", "skipped", "edited", "instances", "empty_masks", "dropped")
+_COUNTED = ("images", "ok", "empty", "failed", "skipped", "edited", "reviewed", "instances", "empty_masks", "dropped")
 _EXCERPT = 60  # characters of a value shown in a message
 
 
@@ -67,6 +67,9 @@ def merge_shards(output_dir: Path) -> MergeReport:
         rows.update(read_sidecar_rows(output_dir / f"instances.shard-{index}-of-{count}.jsonl"))
     sidecar_text = format_rows(row for key in sorted(rows) for row in rows[key])
     first = shards[min(shards)]
+    # a person's reviewed labels: every shard carries the marks it found (no shard drops one: --overwrite-reviewed
+    # is refused with --shard), and an earlier autoannotate.json's too
+    marks = {key: mark.to_dict() for key, mark in sorted(load_previous(output_dir).reviewed.items())}
     merged = {
         "tool": "autoannotate",
         "version": __version__,
@@ -81,6 +84,7 @@ def merge_shards(output_dir: Path) -> MergeReport:
         # instances.jsonl is ours while its bytes are these: a later run or merge may replace it
         "files": {SIDECAR_NAME: bytes_sha256(sidecar_text.encode("utf-8"))},
         "labels": dict(sorted(labels.items())),
+        **({"reviewed": marks} if marks else {}),
         **({"videos": dict(sorted(videos.items()))} if videos else {}),
     }
     manifest_path = output_dir / MANIFEST_NAME

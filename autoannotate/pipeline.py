@@ -49,7 +49,7 @@ class _Item:
     key: str = ""  # the label's manifest key
     signature: tuple[int, int] | None = None  # the item's resume signature when admitted
     skipped: LabelEntry | None = None  # done by an earlier run with the same settings: nothing to do
-    edited: bool = False  # a label of ours that a person has changed since: kept, never redone
+    kept: Status | None = None  # EDITED or REVIEWED: a person's label (changed since, or imported): never redone
     job: Future[tuple[np.ndarray, Any]] | None = None
     error: str | None = None
     image_bgr: np.ndarray | None = None
@@ -157,7 +157,7 @@ class Annotator:
     def _admit(self, source: InputItem, claimed: set[Path], pool: ThreadPoolExecutor) -> _Item:
         """Check the label path is free for this image, then queue its decoding."""
         item = self._check(source, claim(self.layout, source, claimed))
-        if item.error is None and item.skipped is None and not item.edited:
+        if item.error is None and item.skipped is None and item.kept is None:
             item.job = pool.submit(self._decode, source)
         return item
 
@@ -176,7 +176,9 @@ class Annotator:
         if state is LabelState.THEIRS:
             item.error = f"label {str(label_path)!r} exists and was not written by autoannotate; pass --overwrite"
         elif state is LabelState.EDITED:
-            item.edited = True
+            item.kept = Status.EDITED
+        elif state is LabelState.REVIEWED:
+            item.kept = Status.REVIEWED
         elif state is LabelState.DONE and source.in_dataset(self.layout):
             item.skipped = self.previous.entries[key]
         return item
@@ -188,7 +190,7 @@ class Annotator:
         """
         items = [self._check(source, error) for source, error in zip(sources, duplicate_errors, strict=True)]
         for item in items:
-            if item.error is None and item.skipped is None and not item.edited:
+            if item.error is None and item.skipped is None and item.kept is None:
                 job: Future[tuple[np.ndarray, Any]] = Future()
                 try:
                     job.set_result(self._decode(item.source))
@@ -308,8 +310,8 @@ class Annotator:
     def _finish(self, item: _Item) -> ImageOutcome:
         if item.skipped is not None:
             return _outcome(item, Status.SKIPPED, label_path=item.label_path, instances=item.skipped.instances)
-        if item.edited:
-            return _outcome(item, Status.EDITED, label_path=item.label_path, instances=_count_lines(item.label_path))
+        if item.kept is not None:
+            return _outcome(item, item.kept, label_path=item.label_path, instances=_count_lines(item.label_path))
         if item.error is not None:
             return _outcome(item, Status.FAILED, error=item.error)
         det = item.detections if item.detections is not None else Detections.empty()

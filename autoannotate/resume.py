@@ -9,7 +9,9 @@ Two files in the output dir record it:
   at the end of a run, and the journal is removed.
 
 A label is *ours* when either file names it (so a rerun may replace it); it is *done* when its entry carries the
-current settings fingerprint and the image is unchanged (same size and modification time): a rerun skips it.
+current settings fingerprint and the image is unchanged (same size and modification time): a rerun skips it. A label
+the manifest's ``reviewed`` section names (written by ``autoannotate import``: a person's corrections) is never
+replaced by a run, ``--overwrite`` included, unless the run is given ``--overwrite-reviewed``.
 """
 
 from __future__ import annotations
@@ -68,12 +70,36 @@ class LabelEntry:
             return None
 
 
+@dataclass(frozen=True)
+class ReviewMark:
+    """A label a person reviewed: the manifest's ``reviewed[<label key>]``. ``sha256``: of the label's bytes as the
+    import wrote them; ``source``: the tool the corrections came from (``labelstudio``, ``cvat``); ``file``: the
+    export file they were read from; ``at``: when (UTC, ISO 8601)."""
+
+    sha256: str
+    source: str
+    file: str
+    at: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ReviewMark | None:
+        if not isinstance(data, Mapping):
+            return None
+        values = [data.get(name) for name in ("sha256", "source", "file", "at")]
+        strings = [v for v in values if isinstance(v, str)]
+        return cls(*strings) if len(strings) == len(values) else None
+
+
 class LabelState(StrEnum):
     """What a run does with an item's label path, judged from what earlier runs wrote (``label_state``)."""
 
     TODO = "todo"  # (re)annotate it
     DONE = "done"  # done by an earlier run with the same settings, item unchanged: skipped
     EDITED = "edited"  # ours, but a person changed it since: kept
+    REVIEWED = "reviewed"  # a person's corrections, imported (the manifest's ``reviewed``): kept, --overwrite too
     THEIRS = "theirs"  # a label file autoannotate did not write: refused without --overwrite
 
 
@@ -86,8 +112,12 @@ def label_state(
     *,
     overwrite: bool,
 ) -> LabelState:
-    """The one rule for an existing label: not ours -> THEIRS, ours but changed -> EDITED, ours and made with
-    ``fingerprint`` for an item of the same ``signature`` -> DONE; otherwise (or with ``overwrite``) TODO."""
+    """The one rule for an existing label: reviewed by a person -> REVIEWED (whatever ``overwrite`` says: a run given
+    ``--overwrite-reviewed`` passes a ``previous`` without review marks), not ours -> THEIRS, ours but changed ->
+    EDITED, ours and made with ``fingerprint`` for an item of the same ``signature`` -> DONE; otherwise (or with
+    ``overwrite``) TODO."""
+    if key in previous.reviewed and (label_path.exists() or label_path.is_symlink()):
+        return LabelState.REVIEWED
     if overwrite or not (label_path.exists() or label_path.is_symlink()):
         return LabelState.TODO
     done = previous.entries.get(key)
@@ -142,6 +172,8 @@ class PreviousRun:
     legacy: bool = False  # a manifest of a version that recorded no file hashes: its whole-dataset files are ours
     # video scans by video path (``VideoBook.record`` format): which frames were kept, and how the scan ended
     videos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # labels a person reviewed (``autoannotate import``), by label key: never replaced without --overwrite-reviewed
+    reviewed: dict[str, ReviewMark] = field(default_factory=dict)
 
     def owns_file(self, rel: str, path: Path) -> bool:
         """Whether the file at ``path`` (``rel`` to the output dir) is one an earlier run wrote, unchanged since."""
@@ -182,6 +214,7 @@ def load_previous(output_dir: Path) -> PreviousRun:
     files: dict[str, set[str]] = {}
     legacy = False
     videos: dict[str, dict[str, Any]] = {}
+    reviewed: dict[str, ReviewMark] = {}
     for sidecar in sorted(output_dir.glob("instances*.jsonl")):
         rows.update(read_sidecar_rows(sidecar))
     for path in sorted(output_dir.glob("autoannotate*.json")):
@@ -204,6 +237,12 @@ def load_previous(output_dir: Path) -> PreviousRun:
                     files.setdefault(str(rel), set()).add(digest)
         elif manifest.get("state") != "merged":
             legacy = True
+        marks = manifest.get("reviewed")
+        if isinstance(marks, dict):
+            for key, value in marks.items():
+                mark = ReviewMark.from_dict(value)
+                if mark is not None:
+                    reviewed[str(key)] = mark
         recorded_videos = manifest.get("videos")
         if isinstance(recorded_videos, dict):
             videos.update({str(k): v for k, v in recorded_videos.items() if _is_video_record(v)})
@@ -226,6 +265,7 @@ def load_previous(output_dir: Path) -> PreviousRun:
         {k: frozenset(v) for k, v in files.items()},
         legacy,
         videos,
+        reviewed,
     )
 
 

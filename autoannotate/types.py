@@ -26,6 +26,7 @@ class Status(StrEnum):
     FAILED = "failed"  # nothing written; ``error`` says why
     SKIPPED = "skipped"  # done by an earlier run with the same settings, image unchanged
     EDITED = "edited"  # a label autoannotate wrote and a person changed since: kept as it is
+    REVIEWED = "reviewed"  # a person's corrections (``autoannotate import``): kept, --overwrite or not
 
 
 @dataclass(frozen=True)

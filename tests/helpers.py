@@ -123,3 +123,66 @@ def sigkill_after_labels(command: list[str], labels: Path, count: int, timeout_s
     assert process.poll() is None, "the run finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def fake_run_dir(
+    root: Path,
+    labels: dict[str, str],
+    names: dict[int, str],
+    sizes_wh: dict[str, tuple[int, int]] | None = None,
+    figures: dict[str, list[dict]] | None = None,
+) -> Path:
+    """A run's output dir as ``autoannotate run`` leaves it, without running models: ``root/images/<rel>`` (PNG
+    scenes, ``sizes_wh[rel]`` or 160x120), ``root/labels/<rel stem>.txt`` with ``labels[rel]``'s text, data.yaml,
+    the manifest (each label an entry with its sha256, so ours and unedited) and ``instances.jsonl`` (``figures``:
+    rows per image rel, each ``{"line", "det_conf", "sam_iou", "fill_iou", ...}``). Returns ``root``."""
+    import hashlib
+
+    import yaml
+
+    sizes_wh = sizes_wh or {}
+    manifest_labels, rows = {}, []
+    for index, (rel, text) in enumerate(sorted(labels.items())):
+        width, height = sizes_wh.get(rel, (160, 120))
+        image = root / "images" / rel
+        image.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image), synthetic_scene_bgr((height, width), seed=index))
+        label = (root / "labels" / rel).with_suffix(".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text(text, encoding="utf-8")
+        key = label.relative_to(root).as_posix()
+        stat = image.stat()
+        lines = [line for line in text.splitlines() if line.strip()]
+        manifest_labels[key] = {
+            "image": str(image),
+            "status": "ok" if lines else "empty",
+            "instances": len(lines),
+            "fingerprint": "f" * 16,
+            "image_size": stat.st_size,
+            "image_mtime_ns": stat.st_mtime_ns,
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        }
+        for number, line in enumerate(lines, start=1):
+            row = {"image": str(image), "label": key, "line": number, "lines": 1, "class_id": int(line.split()[0])}
+            row.update({"det_conf": 0.5, "sam_iou": 0.9, "fill_iou": 0.95, "stability": 0.9, "dropped": False})
+            for extra in (figures or {}).get(rel, []):
+                if extra.get("line") == number:
+                    row.update(extra)
+            row["class_name"] = names.get(row["class_id"], str(row["class_id"]))
+            rows.append(row)
+    (root / "data.yaml").write_text(
+        yaml.safe_dump({"path": str(root), "train": "images", "val": "images", "names": names}), encoding="utf-8"
+    )
+    manifest = {
+        "tool": "autoannotate",
+        "version": "test",
+        "state": "complete",
+        "settings": {"det_model": "yolo11x.pt", "sam_model": "mobile_sam.pt"},
+        "fingerprint": "f" * 16,
+        "counts": {"images": len(labels)},
+        "files": {},
+        "labels": manifest_labels,
+    }
+    (root / "autoannotate.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (root / "instances.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root

@@ -244,3 +244,24 @@ def test_read_image_size_wh_matches_decoder(tmp_path, suffix, exif_orientation):
     assert read_image_size_wh(path) == (decoded.shape[1], decoded.shape[0])
     if exif_orientation == 6:
         assert read_image_size_wh(path) == (20, 48)  # rotated by a quarter turn, as the decoder gives it
+
+
+def test_image_size_of_a_non_image_is_an_image_error_even_after_ultralytics_patched_pillow(tmp_path: Path):
+    """ultralytics replaces ``PIL.Image.open`` with one that answers an unidentifiable file by installing and
+    importing pi-heif; the header reader must not go there (offline: ModuleNotFoundError, a traceback)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"not an image at all")
+    code = (
+        "import ultralytics.utils.patches, sys\n"
+        "from autoannotate.errors import ImageError\n"
+        "from autoannotate.review.labels import read_image_size_wh\n"
+        "try:\n"
+        f"    read_image_size_wh(__import__('pathlib').Path({str(bad)!r}))\n"
+        "except ImageError as err:\n"
+        "    print('ImageError', err)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("ImageError"), result.stderr[-500:]

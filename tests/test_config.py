@@ -153,8 +153,8 @@ FLAT_KEYS = [
     "imgsz", "max_det", "classes", "agnostic_nms", "device", "batch",
     "output_dir", "tolerance", "min_area", "polygon", "half", "deterministic", "runtime", "min_mask_score",
     "boxes_from", "points_from", "names", "coco",
-    "preview", "val_fraction", "shard", "engine", "ray_address", "ray_workers", "ray_gpus_per_worker", "overwrite",
-    "json", "quiet",
+    "preview", "report", "val_fraction", "shard", "engine", "ray_address", "ray_workers", "ray_gpus_per_worker",
+    "overwrite", "overwrite_reviewed", "json", "quiet",
 ]  # fmt: skip
 
 

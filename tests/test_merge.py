@@ -37,7 +37,7 @@ def _manifest(index: int, count: int, **changes: Any) -> dict[str, Any]:
         "fingerprint": json.dumps(label_settings, sort_keys=True)[:40],  # differs when the settings do
         "models": {"detector": {"sha256": SHA_DET}, "segmenter": {"sha256": SHA_SAM}},
         "counts": {
-            **{"images": 3, "ok": 1, "empty": 1, "failed": 1, "skipped": 0, "edited": 0},
+            **{"images": 3, "ok": 1, "empty": 1, "failed": 1, "skipped": 0, "edited": 0, "reviewed": 0},
             **{"instances": 2, "empty_masks": 1, "dropped": 0},
         },
         "files": {},  # the hashes of the files it wrote (this one wrote none)
@@ -188,7 +188,7 @@ def test_counts_are_summed_and_labeled_is_ok_plus_empty(tmp_path: Path):
     assert report.ok and report.labels == 4
     counts = json.loads((tmp_path / "autoannotate.json").read_text())["counts"]
     assert counts == {
-        **{"images": 9, "ok": 5, "empty": 2, "failed": 2, "skipped": 0, "edited": 0},
+        **{"images": 9, "ok": 5, "empty": 2, "failed": 2, "skipped": 0, "edited": 0, "reviewed": 0},
         **{"instances": 4, "empty_masks": 2, "dropped": 0, "newer_count": 2, "labeled": 7},
     }
 

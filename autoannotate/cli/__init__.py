@@ -2,6 +2,7 @@
 
 ``app.py`` holds the app and what its commands share, ``run.py`` the ``run`` command (its options made from the
 settings' metadata), ``merge.py`` the ``merge`` command, ``review.py`` ``check``, ``preview`` and ``export coco``,
+``exchange.py`` ``export labelstudio``/``cvat`` and ``import labelstudio``/``cvat``, ``report.py`` ``report``,
 and ``errors.py`` how every command ends: the exit-code table and one ``error:`` line per failure.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import gc
 import signal
 
-from autoannotate.cli import merge, review, run
+from autoannotate.cli import exchange, merge, report, review, run
 from autoannotate.cli.app import app
 from autoannotate.errors import Terminated
 
@@ -20,6 +21,8 @@ __all__ = ["app", "main"]
 run.register(app)
 merge.register(app)
 review.register(app)
+exchange.register(review.export_app, app)
+report.register(app)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -265,7 +265,18 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="autoannotate summary", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
-    keys = ("images", "labeled", "instances", "empty_masks", "dropped", "failed", "skipped", "edited", "removed")
+    keys = (
+        "images",
+        "labeled",
+        "instances",
+        "empty_masks",
+        "dropped",
+        "failed",
+        "skipped",
+        "edited",
+        "reviewed",
+        "removed",
+    )
     for key in keys:
         table.add_row(key.replace("_", " "), str(summary[key]))
         if key == "images" and summary.get("videos"):
@@ -277,7 +288,7 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_row("images per s", str(summary["images_per_s"]))
     table.add_row("output dir", summary["output_dir"])
     table.add_row("data.yaml", summary["data_yaml"])
-    for key, label in (("coco_json", "COCO JSON"), ("previews", "previews")):
+    for key, label in (("coco_json", "COCO JSON"), ("previews", "previews"), ("report", "report")):
         if summary.get(key):
             table.add_row(label, summary[key])
     console.print(table)

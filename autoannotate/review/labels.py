@@ -159,15 +159,28 @@ def read_image_size_wh(path: Path) -> tuple[int, int]:
     return int(image_bgr.shape[1]), int(image_bgr.shape[0])
 
 
+# JPEG, PNG, BMP, TIFF (both byte orders), GIF; WebP is RIFF....WEBP
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"GIF8")
+
+
 def _header_size_wh(path: Path) -> tuple[int, int] | None:
     """The stored size from the header when no EXIF orientation changes it; None when Pillow cannot tell."""
     from PIL import Image
 
+    # Only files that start like an image reach Pillow: once ultralytics is imported, its patched ``Image.open``
+    # answers a file Pillow cannot identify by trying to install and import pi-heif (ModuleNotFoundError offline).
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return None
+    if not head.startswith(_IMAGE_SIGNATURES) and head[8:12] != b"WEBP":
+        return None  # OpenCV decodes it (or reports why it cannot)
     try:
         with Image.open(path) as image:
             orientation = image.getexif().get(0x0112)
             width, height = image.size
-    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError, ImportError):
         return None  # OpenCV decodes it (or reports why it cannot)
     if orientation not in (None, 1) or width < 1 or height < 1:
         return None

@@ -1,5 +1,6 @@
-"""Where the labels of an output dir came from, by its manifest: which were made with other settings than the last
-run's, and which a person edited since autoannotate wrote them (``check`` reports both)."""
+"""Where the labels of an output dir came from, by its manifest: which are automatic, which a person reviewed
+(``autoannotate import``), which a person edited by hand since autoannotate wrote them, and which were made with other
+settings than the last run's (``check`` reports them)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,18 @@ class Provenance:
     labels: int  # labels the manifests list
     other_settings: tuple[str, ...]  # made by an earlier run with other settings or models
     edited: tuple[str, ...]  # bytes differ from what autoannotate wrote: a person's now
+    reviewed: tuple[str, ...] = ()  # a person's corrections, imported (kept by every run, --overwrite included)
+    automatic: int = 0  # labels on disk as autoannotate wrote them
+
+    def counts_line(self) -> str:
+        """``labels: A automatic, R reviewed by a person, E edited by hand``."""
+        return (
+            f"labels: {self.automatic} automatic, {len(self.reviewed)} reviewed by a person (autoannotate import),"
+            f" {len(self.edited)} edited by hand\n"
+        )
 
     def format(self) -> str:
-        lines = []
+        lines = [self.counts_line()]
         for keys, what in (
             (self.other_settings, "were made with other settings than the last run"),
             (self.edited, "were edited since autoannotate wrote them (kept by reruns; --overwrite replaces them)"),
@@ -33,7 +43,13 @@ class Provenance:
         return "".join(lines)
 
     def to_dict(self) -> dict[str, object]:
-        return {"labels": self.labels, "other_settings": list(self.other_settings), "edited": list(self.edited)}
+        return {
+            "labels": self.labels,
+            "automatic": self.automatic,
+            "reviewed": list(self.reviewed),
+            "other_settings": list(self.other_settings),
+            "edited": list(self.edited),
+        }
 
 
 def find_output_dir(labels_root: Path) -> Path | None:
@@ -51,16 +67,22 @@ def label_provenance(labels_root: Path) -> Provenance | None:
         return None
     previous = load_previous(output_dir)
     latest = _latest_fingerprint(output_dir) or previous.fingerprint
-    other, edited = [], []
-    for key, entry in sorted(previous.entries.items()):
+    other, edited, reviewed = [], [], []
+    automatic = 0
+    for key in sorted(set(previous.entries) | set(previous.reviewed)):
         path = output_dir / key
         if not path.is_file():
             continue
-        if entry.sha256 is not None and bytes_sha256_of(path) != entry.sha256:
+        entry = previous.entries.get(key)
+        if key in previous.reviewed:
+            reviewed.append(key)
+        elif entry is not None and entry.sha256 is not None and bytes_sha256_of(path) != entry.sha256:
             edited.append(key)
-        elif latest is not None and entry.fingerprint != latest:
-            other.append(key)
-    return Provenance(output_dir, len(previous.entries), tuple(other), tuple(edited))
+        else:
+            automatic += 1
+            if entry is not None and latest is not None and entry.fingerprint != latest:
+                other.append(key)
+    return Provenance(output_dir, len(previous.entries), tuple(other), tuple(edited), tuple(reviewed), automatic)
 
 
 def _latest_fingerprint(output_dir: Path) -> str | None:
