@@ -173,6 +173,10 @@ def test_counts_of_automatic_reviewed_and_edited_labels(tmp_path: Path):
     page = (out / "report.html").read_text(encoding="utf-8")
     for label, count in (("automatic labels", 2), ("reviewed by a person", 1), ("edited by a person", 1)):
         assert re.search(rf"<th>{label}[^<]*</th><td class=\"num\">{count}</td>", page), label
+    # a reviewed label changed by hand afterwards stays reviewed: runs keep it as such, and check counts it so
+    (out / "labels" / "im1.txt").write_text(_line(0, "0.3 0.3 0.6 0.3 0.6 0.7"), encoding="utf-8")
+    again = build_content(open_run(out))
+    assert (again.counts.automatic, again.counts.reviewed, again.counts.edited) == (2, 1, 1)
 
 
 def test_an_existing_file_that_is_not_a_report_is_refused_and_left_as_it_is(tmp_path: Path):

@@ -72,8 +72,7 @@ def test_reviewed_labels_survive_reruns_and_overwrite_until_overwrite_reviewed(t
     assert fixed == b"0 0.100000 0.100000 0.900000 0.100000 0.900000 0.900000\n"
     marks = json.loads((out / "autoannotate.json").read_text())["reviewed"]
     assert set(marks) == {"labels/im01.txt"} and marks["labels/im01.txt"]["source"] == "labelstudio"
-    # the same command, other label settings, then --overwrite: the person's label stays, byte for byte
-    for extra in ([], ["--tolerance", "0"], ["--overwrite"]):
+    for extra in (["--tolerance", "0"], ["--overwrite"]):  # other label settings, then --overwrite
         rerun = _run(data, out, models, *extra)
         assert rerun.exit_code == 0, rerun.output
         assert _statuses(rerun.stdout)["im01.png"] == "reviewed"
@@ -102,8 +101,17 @@ def test_check_counts_reviewed_edited_and_automatic_labels(tmp_path: Path, model
     assert (summary["reviewed"], summary["edited"]) == (1, 1)
 
 
-def test_an_unchanged_instance_keeps_its_text_and_an_accepted_label_is_not_rewritten(tmp_path: Path, models):
-    _, out = _done_run(tmp_path, models)
+def _finished(root: Path) -> Path:
+    """An output dir as a run leaves it (no models needed): three images, two polygon lines each."""
+    from helpers import fake_run_dir
+
+    line = "{} 0.{}12345 0.200000 0.700001 0.2{}0000 0.650000 0.812346 0.100000 0.500000\n"
+    labels = {f"im{i:02d}.png": line.format(0, i, i) + line.format(1, i + 3, i + 1) for i in range(3)}
+    return fake_run_dir(root, labels, {0: "person", 1: "car"})
+
+
+def test_an_unchanged_instance_keeps_its_text_and_an_accepted_label_is_not_rewritten(tmp_path: Path):
+    out = _finished(tmp_path / "out")
     label = out / "labels/im02.txt"
     text = label.read_text()
     lines, _ = parse_label_lines(text)
@@ -122,8 +130,8 @@ def test_an_unchanged_instance_keeps_its_text_and_an_accepted_label_is_not_rewri
     assert new != text and new.count("\n") == 1 and " 0.500000 0.500000 " in new
 
 
-def test_label_state_reviewed_beats_overwrite_and_a_deleted_reviewed_label_is_redone(tmp_path: Path, models):
-    _, out = _done_run(tmp_path, models)
+def test_label_state_reviewed_beats_overwrite_and_a_deleted_reviewed_label_is_redone(tmp_path: Path):
+    out = _finished(tmp_path / "out")
     apply_imported(out, [ImportedLabel("labels/im00.txt", ((0, PERSON_FIX),))], source="cvat", file="e.zip")
     previous = load_previous(out)
     label = out / "labels/im00.txt"
@@ -133,8 +141,8 @@ def test_label_state_reviewed_beats_overwrite_and_a_deleted_reviewed_label_is_re
     assert label_state(previous, "labels/im00.txt", label, "x", (0, 0), overwrite=False) == LabelState.TODO
 
 
-def test_import_refuses_bad_targets_and_a_busy_dir_writing_nothing(tmp_path: Path, models):
-    _, out = _done_run(tmp_path, models)
+def test_import_refuses_bad_targets_and_a_busy_dir_writing_nothing(tmp_path: Path):
+    out = _finished(tmp_path / "out")
     before = (_labels(out), (out / "autoannotate.json").read_bytes())
     for key in ("../escape.txt", "labels/../../x.txt", "/abs/labels/a.txt", "images/im00.txt", "labels/a.png"):
         with pytest.raises(InputError, match="not a label path"):
@@ -275,7 +283,8 @@ def test_label_studio_round_trip_changes_exactly_the_edits_and_runs_keep_them(tm
 
 
 def test_run_report_is_written_and_someone_elses_report_is_refused(tmp_path: Path, models):
-    data, out = _done_run(tmp_path, models)
+    data, out = tmp_path / "imgs", tmp_path / "out"
+    _images(data, 3)
     result = _run(data, out, models, "--report")
     assert result.exit_code == 0, result.output
     summary = json_events(result.stdout)[-1]

@@ -33,6 +33,7 @@ from autoannotate.inputs import InputItem, item_from_dict
 from autoannotate.inputs.video import VideoFailure
 from autoannotate.pipeline import claim
 from autoannotate.resume import Journal, PreviousRun
+from autoannotate.runtime.cores import available_cores
 from autoannotate.types import ImageOutcome
 
 
@@ -87,13 +88,6 @@ class _AnnotateActor:
 _MAX_RAY_TEMP_ROOT = 107 - 80
 
 
-def _available_cpus() -> int:
-    """The cores this process may run on (its affinity mask, as a container or ``taskset`` limits it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
 @contextlib.contextmanager
 def _connected(ray: Any, address: str | None) -> Iterator[None]:
     """Ray for one run: the caller's, if initialised (left so); the cluster at ``address`` or ``RAY_ADDRESS``
@@ -107,7 +101,7 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
         root = tempfile.gettempdir()
         temp_dir = tempfile.mkdtemp(prefix="aa-ray-", dir=root if len(root) <= _MAX_RAY_TEMP_ROOT else "/tmp")
         # "local": a Ray of this run's own, even where `ray start` left one running
-        options.update(num_cpus=_available_cpus(), _temp_dir=temp_dir)
+        options.update(num_cpus=available_cores(), _temp_dir=temp_dir)
         address = "local"
     try:
         ray.init(address=address, **options)

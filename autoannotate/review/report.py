@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +53,7 @@ from autoannotate.review.report_html import (
     render_page,
 )
 from autoannotate.review.run_view import RunView, ViewImage, ViewInstance
+from autoannotate.runtime.cores import available_cores
 from autoannotate.writers.atomic import write_text_atomic
 
 __all__ = [
@@ -137,11 +137,12 @@ def worst_first(images: Iterable[ViewImage]) -> list[ViewImage]:
 
 
 def provenance_of(image: ViewImage) -> Provenance:
-    """``edited`` when a person changed the label since it was written (even after a review), else ``reviewed``
-    when ``autoannotate import`` wrote it, else ``automatic``."""
-    if image.edited:
-        return "edited"
-    return "reviewed" if image.reviewed is not None else "automatic"
+    """``reviewed`` when ``autoannotate import`` marked it (changed by hand since or not: runs keep it as
+    ``reviewed``, and ``check`` counts it so), else ``edited`` when a person changed it since autoannotate wrote it,
+    else ``automatic``."""
+    if image.reviewed is not None:
+        return "reviewed"
+    return "edited" if image.edited else "automatic"
 
 
 def is_report(path: Path) -> bool:
@@ -261,7 +262,7 @@ def _gallery_tiles(images: Sequence[ViewImage]) -> tuple[GalleryTile, ...]:
     """One tile per image, thumbnails made in threads (decoding and resizing release the GIL), in order."""
     if not images:
         return ()
-    workers = max(1, min(_MAX_THUMB_WORKERS, os.cpu_count() or 1, len(images)))
+    workers = max(1, min(_MAX_THUMB_WORKERS, available_cores(), len(images)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return tuple(pool.map(_tile, images))
 
