@@ -184,8 +184,8 @@ def _summary_section(content: ReportContent) -> str:
         ("images (labelled, with an image)", _int(c.images)),
         ("instances (label lines)", _int(c.instances)),
         ("automatic labels (as autoannotate wrote them)", _int(c.automatic)),
-        ("reviewed by a person (autoannotate import, unchanged since)", _int(c.reviewed)),
-        ("edited by a person (changed since written)", _int(c.edited)),
+        ("reviewed by a person (autoannotate import; kept by every run)", _int(c.reviewed)),
+        ("edited by a person (changed by hand since autoannotate wrote it)", _int(c.edited)),
     ]
     if c.problem_labels:
         rows.append(("label files with lines that do not parse", _int(c.problem_labels)))
