@@ -245,8 +245,8 @@ class AnnotationJob:
         if self.shard is not None and (o.coco or o.preview or o.val_fraction or o.report):
             self.notices.append(
                 "--coco, --preview, --val-fraction and --report cover the whole dataset, so a shard does not write"
-                " them: once"
-                " every shard is done, rerun the same command without --shard (it skips every annotated image)"
+                " them: once every shard is done, rerun the same command without --shard (it skips every annotated"
+                " image)"
             )
         self.data_yaml_path = self._write_data_yaml()
         self._previous = previous
