@@ -49,6 +49,11 @@ def main_callback(
     """Turn a folder of images into a ready-to-train YOLO instance-segmentation dataset."""
 
 
+def command_group(help: str) -> typer.Typer:
+    """A group of subcommands (``export``, ``import``): plain help, ``-h``, and its help when called bare."""
+    return typer.Typer(help=help, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+
+
 def emit(stream: TextIO, event: dict[str, Any]) -> None:
     """One JSON line on ``stream``, flushed at once (``--json`` events)."""
     stream.write(json.dumps(event, ensure_ascii=False) + "\n")

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from autoannotate.cli.app import DebugOpt, command_group
 from autoannotate.cli.errors import EXIT_FAILED_IMAGES, EXIT_OK, run_guarded
 from autoannotate.errors import ConfigError, InputError, OutputError
 from autoannotate.exchange import ImportedLabels
@@ -36,17 +37,12 @@ OutArg = Annotated[
         show_default=False,
     ),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace export files that autoannotate did not write.")
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Say which labels the import would change; write nothing.")]
 
-import_app = typer.Typer(
-    help="Read a person's corrections back from an annotation tool's export, as reviewed labels.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+import_app = command_group("Read a person's corrections back from an annotation tool's export, as reviewed labels.")
 
 
 def export_labelstudio(

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from autoannotate import __version__
+from autoannotate.cli.app import command_group
 from autoannotate.cli.errors import EXIT_FAILED_IMAGES as EXIT_PROBLEMS
 from autoannotate.cli.errors import EXIT_OK, run_guarded
 from autoannotate.dataset.yolo_seg import read_label_file
@@ -54,11 +55,7 @@ NamesOpt = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
 
-export_app = typer.Typer(
-    help="Convert a YOLO-seg dataset to another format.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+export_app = command_group("Convert a YOLO-seg dataset to another format.")
 
 
 def check(
