@@ -31,6 +31,7 @@ from autoannotate.runtime.device import (
     plan_compute,
     requested_kind,
     select_device,
+    worker_compute_record,
 )
 from autoannotate.segmenters import load_segmenter
 from autoannotate.segmenters.base import POINT_PROMPTS, Segmenter, prompt_kinds
@@ -125,7 +126,12 @@ def load_models(
             warming.join()  # no thread outlives loading, and the first real call never races it
     if deterministic:
         make_deterministic(plan.device)  # again after building: ultralytics' SAM builder turns cuDNN autotuning on
-    compute = compute_record(plan.device, settings.runtime.half)
+    compute = (
+        # a driver whose workers load their own models: what those workers' devices will compute in
+        worker_compute_record(settings.engine.ray_gpus_per_worker, settings.runtime.half, deterministic)
+        if on_cpu
+        else compute_record(plan.device, settings.runtime.half)
+    )
     if compute is not None:  # a GPU run: what decides its numbers besides the settings
         records["compute"] = compute
     apply_threads(plan)

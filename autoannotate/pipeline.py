@@ -50,9 +50,10 @@ class _Item:
     signature: tuple[int, int] | None = None  # the item's resume signature when admitted
     skipped: LabelEntry | None = None  # done by an earlier run with the same settings: nothing to do
     kept: Status | None = None  # EDITED or REVIEWED: a person's label (changed since, or imported): never redone
-    job: Future[tuple[np.ndarray, Any]] | None = None
+    job: Future[tuple[np.ndarray, Any, Any]] | None = None
     error: str | None = None
     image_bgr: np.ndarray | None = None
+    for_prompts: Any = None  # what the prompt source's ``prepare`` made of the pixels (None: it has none)
     prepared: Any = None  # what the segmenter's ``prepare`` made of the pixels
     detections: Detections | None = None
     masks: Masks | None = None  # aligned with detections
@@ -115,6 +116,8 @@ class Annotator:
         self.box_labels = box_labels
         self.cpu_workers = cpu_workers or max(1, min(4, available_cores()))
         self._prompts_lock = threading.Lock()
+        prepare = getattr(prompts, "prepare", None)  # optional (``prompts.base.PromptSource``)
+        self._prepare_for_prompts: Callable[[np.ndarray], Any] | None = prepare if callable(prepare) else None
         self._batch_cap = batch  # lowered after running out of device memory
         self._device_fault: str | None = None  # set once the device failed: no later batch runs on it
         self.polygon_processes = polygon_processes
@@ -191,7 +194,7 @@ class Annotator:
         items = [self._check(source, error) for source, error in zip(sources, duplicate_errors, strict=True)]
         for item in items:
             if item.error is None and item.skipped is None and item.kept is None:
-                job: Future[tuple[np.ndarray, Any]] = Future()
+                job: Future[tuple[np.ndarray, Any, Any]] = Future()
                 try:
                     job.set_result(self._decode(item.source))
                 except Exception as err:
@@ -208,7 +211,7 @@ class Annotator:
             if item.job is None:
                 continue
             try:
-                item.image_bgr, item.prepared = item.job.result()
+                item.image_bgr, item.for_prompts, item.prepared = item.job.result()
                 live.append(item)
             except ImageError as err:
                 item.error = str(err)
@@ -265,6 +268,7 @@ class Annotator:
         to_segment: list[_Item] = []
         for item, det in zip(items, detections, strict=True):
             item.detections = det
+            item.for_prompts = None
             if len(det) and not self.box_labels:
                 to_segment.append(item)
             else:
@@ -274,7 +278,7 @@ class Annotator:
     def _detect(self, items: list[_Item]) -> list[Detections]:
         with self._prompts_lock:
             return self.prompts.boxes(
-                [item.image_bgr for item in items],  # type: ignore[misc]
+                [item.image_bgr if item.for_prompts is None else item.for_prompts for item in items],  # type: ignore[misc]
                 [item.source.rel_path for item in items],
             )
 
@@ -402,11 +406,13 @@ class Annotator:
             return instance_shapes(crops, skip, class_ids, self.policy, resolution_wh)
         return self._shape_pool.submit(instance_shapes, crops, skip, class_ids, self.policy, resolution_wh).result()
 
-    def _decode(self, source: InputItem) -> tuple[np.ndarray, Any]:
-        """Worker-thread job: the item's pixels as ultralytics trains on them (BGR), and the segmenter's CPU-side
-        preparation of them (RGB; e.g. SAM's resize to a longest side of 1024)."""
+    def _decode(self, source: InputItem) -> tuple[np.ndarray, Any, Any]:
+        """Worker-thread job: the item's pixels as ultralytics trains on them (BGR), the prompt source's CPU-side
+        preparation of them (its optional ``prepare``, e.g. the detector's letterbox; None without one), and the
+        segmenter's (RGB; e.g. SAM's resize to a longest side of 1024)."""
         image_bgr = source.read_bgr()
-        return image_bgr, self.segmenter.prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+        for_prompts = self._prepare_for_prompts(image_bgr) if self._prepare_for_prompts is not None else None
+        return image_bgr, for_prompts, self.segmenter.prepare(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
 
 
 @dataclass(frozen=True)

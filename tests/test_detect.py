@@ -199,3 +199,56 @@ print(len(found.xyxy), d.model.predictor.done_warmup, "torchvision" in sys.modul
     )
     assert kept.returncode == 0, kept.stderr
     assert kept.stdout.split() == ["5", "True", "True"]  # ultralytics' own warm-up: torchvision imported
+
+
+def test_letterboxed_ahead_gives_a_direct_calls_boxes_and_batches_by_letterboxed_shape(yolo_weights: Path) -> None:
+    """``prepare`` (run in the decode pool) letterboxes as the predictor would; ``detect`` then batches images of
+    different sizes that share a letterboxed shape (1080p, 4K and 720p frames) in one call, and maps their boxes
+    back to each image: classes and scores as a one-image call on the raw pixels gives, boxes within float32
+    rounding, in the image's frame."""
+    from autoannotate.prompts.yolo import Letterboxed
+
+    detector = Detector.from_weights(str(yolo_weights), torch.device("cpu"))
+    detector = detector.with_settings(DetectSettings(conf=1e-4, max_det=12))
+    rng = np.random.default_rng(7)
+    shapes = [(1080, 1920), (2160, 3840), (720, 1280), (600, 800), (333, 500)]
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    assert detector.prepare(images[0]) is images[0]  # no predictor set up yet: the image as it is
+    detector.warm_up()
+    direct = [detector.detect([image])[0] for image in images]
+    prepared = [detector.prepare(image) for image in images]
+    assert all(isinstance(p, Letterboxed) for p in prepared)
+    assert [p.pixels_bgr.shape[:2] for p in prepared] == [(384, 640)] * 3 + [(480, 640), (448, 640)]  # type: ignore[union-attr]
+    calls: list[int] = []
+    predict = detector.model.predict  # type: ignore[attr-defined]
+
+    def counting_predict(images, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(images))
+        return predict(images, **kwargs)
+
+    detector.model.predict = counting_predict  # type: ignore[attr-defined]
+    batched = detector.detect(prepared)
+    assert calls == [3, 1, 1]  # the three 16:9 frames in one call
+    for (h, w), want, got in zip(shapes, direct, batched, strict=True):
+        assert len(got) == len(want) == 12
+        np.testing.assert_array_equal(got.class_id, want.class_id)
+        np.testing.assert_allclose(got.confidence, want.confidence, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got.xyxy, want.xyxy, rtol=0, atol=2e-3)
+        assert got.xyxy.dtype == np.float32
+        assert (got.xyxy >= 0).all() and (got.xyxy[:, [0, 2]] <= w).all() and (got.xyxy[:, [1, 3]] <= h).all()
+    # alone, a letterboxed image gives the direct call's boxes exactly
+    (alone,) = detector.detect([prepared[3]])
+    np.testing.assert_array_equal(alone.xyxy, direct[3].xyxy)
+    np.testing.assert_array_equal(alone.confidence, direct[3].confidence)
+
+
+def test_masks_wanted_or_an_export_are_not_letterboxed_ahead(tmp_path: Path, yolo_weights: Path) -> None:
+    """A segmentation model asked for its masks gets the image itself (its masks come at the size of the pixels
+    given), and so does a model that is not a torch module (an export: its backend fixes its input on first use)."""
+    detector = Detector.from_weights(str(yolo_weights), torch.device("cpu")).with_settings(DetectSettings(masks=True))
+    detector.warm_up()
+    image = np.zeros((100, 160, 3), np.uint8)
+    fake_seg = SimpleNamespace(task="segment", model=detector.model.model, predictor=detector.model.predictor)  # type: ignore[attr-defined]
+    assert Detector(fake_seg, DetectSettings(masks=True), torch.device("cpu")).prepare(image) is image
+    fake_export = SimpleNamespace(task="detect", model="model.onnx", predictor=detector.model.predictor)  # type: ignore[attr-defined]
+    assert Detector(fake_export, DetectSettings(), torch.device("cpu")).prepare(image) is image

@@ -26,12 +26,14 @@ from autoannotate.runtime.device import (
         ("cpu", 2, (2, 1, 2, 0)),  # our dev machine: two images in flight, one core each (ultralytics: 1 thread)
         ("cpu", 32, (8, 4, 4, 0)),  # big CPU: at most 8 images in flight, the rest as intra-op threads
         # GPU: one worker feeds the device, batching does the rest; torch's host pool small, decoding and writing
-        # on every other core (polygons in processes: off until measured faster)
-        ("cuda:0", 16, (1, 2, 15, 0)),
+        # on every other core; polygons in processes from 8 cores on (threads share one core's worth: the GIL)
+        ("cuda:0", 16, (1, 2, 15, 7)),
         ("cuda:0", 2, (1, 2, 2, 0)),
-        ("cuda:0", 96, (1, 2, 32, 0)),
+        ("cuda:0", 7, (1, 2, 6, 0)),
+        ("cuda:0", 8, (1, 2, 7, 3)),
+        ("cuda:0", 96, (1, 2, 32, 8)),
     ],
-    ids=["1-core", "2-core", "32-core", "cuda-16", "cuda-2", "cuda-96"],
+    ids=["1-core", "2-core", "32-core", "cuda-16", "cuda-2", "cuda-7", "cuda-8", "cuda-96"],
 )
 def test_plan_uses_every_core(device, cores, expected):
     plan = plan_compute(torch.device(device), cores)

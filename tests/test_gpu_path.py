@@ -74,6 +74,38 @@ def test_the_fingerprint_differs_by_dtype_and_device_kind(
         assert len(fingerprints) == 3
 
 
+def test_a_ray_runs_fingerprint_records_what_its_gpu_workers_compute_in(tmp_path: Path, yolo_weights: Path) -> None:
+    """With ``--engine ray`` the driver loads its models on the CPU, yet its workers run on GPUs: the fingerprint
+    carries the workers' device kind, precision and TF32 setting, so labels of a GPU Ray run, a half-precision one
+    and a CPU one are never taken for one another on resume."""
+    from autoannotate.config import build_settings
+    from autoannotate.job import AnnotationJob
+    from autoannotate.resume import settings_fingerprint
+
+    (tmp_path / "imgs").mkdir()
+    base = {"data": str(tmp_path / "imgs"), "det_model": str(yolo_weights), "sam_model": "none", "engine": "ray"}
+    fingerprints = {}
+    for name, extra in [
+        ("cpu workers", {"device": "cpu"}),
+        ("gpu workers", {"device": "cuda", "ray_gpus_per_worker": 1}),
+        ("gpu workers, half", {"device": "cuda", "ray_gpus_per_worker": 0.5, "half": True}),
+        ("gpu workers, deterministic", {"device": "cuda", "ray_gpus_per_worker": 1, "deterministic": True}),
+    ]:
+        settings = build_settings(None, {**base, **extra, "output_dir": str(tmp_path / name)})
+        with AnnotationJob(settings) as job:
+            models = job.load()
+            assert models.plan.device.type == "cpu"  # the driver never takes a GPU a worker needs
+            fingerprints[name] = settings_fingerprint(job.label_settings())
+            compute = job.label_settings().get("compute")
+        if name == "cpu workers":
+            assert compute is None  # as a local CPU run: earlier CPU fingerprints still match
+        else:
+            assert compute is not None and compute["device"] == "cuda" and compute["workers"] == "ray"
+            assert compute["dtype"] == ("half" if "half" in name else "float32")
+            assert compute["tf32"] is ("deterministic" not in name)
+    assert len(set(fingerprints.values())) == 4
+
+
 class _NanWhenHalf:
     """Wraps a callable: its output is NaN while CPU autocast is on (a float16 overflow, as SAM's ViT encoders can
     have), itself otherwise."""

@@ -249,11 +249,24 @@ def test_masks_as_crops_write_the_same_labels_and_figures(tmp_path: Path):
     assert all(status == "ok" for status, _, _ in results["full"])
 
 
-def test_polygons_made_in_processes_are_those_made_in_threads(tmp_path: Path):
-    """A GPU run on many cores makes its polygons in spawned processes: the labels and figures are byte for byte
-    those of the write threads, and no process outlives the run."""
+def test_polygons_made_in_processes_are_those_made_in_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A GPU run on many cores makes its polygons in spawned processes: every image's shapes come back from the
+    process pool, the labels and figures are byte for byte those of the write threads, and no process outlives the
+    run."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
+    from autoannotate import pipeline
+
+    submitted: list[int] = []
+    real_submit = ProcessPoolExecutor.submit
+
+    def submit(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert fn is pipeline.instance_shapes
+        submitted.append(len(args[0]))  # the image's crops
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
     results = {}
     for name, processes in (("threads", 0), ("processes", 2)):
         root = tmp_path / name
@@ -263,6 +276,45 @@ def test_polygons_made_in_processes_are_those_made_in_threads(tmp_path: Path):
         annotator.polygon_processes = processes
         outcomes = list(annotator.run(images))
         results[name] = [(o.status, o.label_path.read_bytes(), o.quality) for o in outcomes]  # type: ignore[union-attr]
+        with_boxes = [o.detections for o in outcomes if o.detections]
+        assert len(with_boxes) == 4
+        assert sorted(submitted) == (sorted(with_boxes) if processes else []), name  # every image, through the pool
+        submitted.clear()
     assert results["processes"] == results["threads"]
     assert all(status == "ok" for status, _, _ in results["threads"])
     assert multiprocessing.active_children() == []
+
+
+class PreparingDetector(BoxDetector):
+    """A prompt source with the optional ``prepare``: it records the thread it ran in and wraps the image, and its
+    ``boxes`` refuses anything it did not prepare."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared_in: list[str] = []
+
+    def prepare(self, image_bgr):
+        import threading
+
+        self.prepared_in.append(threading.current_thread().name)
+        return ("prepared", image_bgr)
+
+    def boxes(self, images_bgr, rel_paths):
+        assert all(isinstance(image, tuple) and image[0] == "prepared" for image in images_bgr)
+        return super().boxes([image for _, image in images_bgr], rel_paths)
+
+
+def test_the_prompt_sources_prepare_runs_in_the_decode_threads_and_feeds_its_boxes(tmp_path: Path):
+    """A prompt source's ``prepare`` (the detector's letterbox) runs beside decoding, off the inference thread, and
+    ``boxes`` gets what it made; the labels are those of a source without it."""
+    labels = {}
+    for name, detector in (("plain", BoxDetector()), ("preparing", PreparingDetector())):
+        root = tmp_path / name
+        (root / "imgs").mkdir(parents=True)
+        _dataset(root / "imgs", [(30, 40), (41, 23), (12, 50)])
+        annotator, images = _annotator(root, BoxSegmenter(), batch=2, detector=detector)
+        labels[name] = [o.label_path.read_bytes() for o in annotator.run(images)]  # type: ignore[union-attr]
+        if isinstance(detector, PreparingDetector):
+            assert len(detector.prepared_in) == 3
+            assert all(thread.startswith("autoannotate-decode") for thread in detector.prepared_in)
+    assert labels["preparing"] == labels["plain"]

@@ -20,8 +20,13 @@ from autoannotate.types import Detections
 class PromptSource(Protocol):
     """Box prompts for batches of images. Called from one thread at a time (the pipeline serialises calls).
 
-    Optional: ``warm_up() -> None``, the first call's one-off costs paid ahead; ``models.load_models`` runs it in a
-    thread while the segmenter loads and joins it before the first image (``prompts.yolo.Detector.warm_up``).
+    Optional:
+
+    - ``warm_up() -> None``, the first call's one-off costs paid ahead; ``models.load_models`` runs it in a thread
+      while the segmenter loads and joins it before the first image (``prompts.yolo.Detector.warm_up``).
+    - ``prepare(image_bgr) -> object``, the CPU-side work on one image that needs no model (e.g. letterboxing),
+      run by the pipeline's decode threads, several at once; ``boxes`` is then given what it returned instead of
+      the image (``prompts.yolo.Detector.prepare``).
     """
 
     @property
@@ -40,8 +45,9 @@ class PromptSource(Protocol):
         ...
 
     def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
-        """Box prompts of each image (HxWx3 uint8 BGR, keyed by ``rel_path``), aligned with the input, each in its
-        image's pixel frame. Raises ImageError for a batch whose prompts cannot be read (retried image by image)."""
+        """Box prompts of each image (HxWx3 uint8 BGR, or what the source's own ``prepare`` made of it; keyed by
+        ``rel_path``), aligned with the input, each in its image's pixel frame. Raises ImageError for a batch whose
+        prompts cannot be read (retried image by image)."""
         ...
 
 

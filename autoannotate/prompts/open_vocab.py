@@ -20,7 +20,7 @@ from autoannotate.config import DEFAULT_OPEN_VOCAB_DETECTOR, check_prompts, read
 from autoannotate.errors import ModelError
 from autoannotate.prompts.base import resolve_classes
 from autoannotate.prompts.embeddings_file import PromptEmbeddings, check_matches, model_id, read_npz, to_npz_bytes
-from autoannotate.prompts.yolo import Detector, detect_settings
+from autoannotate.prompts.yolo import Detector, Letterboxed, detect_settings
 from autoannotate.types import Detections
 
 if TYPE_CHECKING:
@@ -64,7 +64,12 @@ class OpenVocabDetector:
         """The computed embeddings as ``.npz`` bytes (ultralytics' format), or None when loaded from a file."""
         return to_npz_bytes(self.embeddings) if self.embeddings is not None else None
 
-    def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
+    def prepare(self, image_bgr: np.ndarray) -> np.ndarray | Letterboxed:
+        return self.detector.prepare(image_bgr)
+
+    def boxes(
+        self, images_bgr: Sequence[np.ndarray | Letterboxed], rel_paths: Sequence[PurePosixPath]
+    ) -> list[Detections]:
         return self.detector.detect(images_bgr)
 
 

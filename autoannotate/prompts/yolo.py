@@ -5,6 +5,7 @@ Everything that touches ``ultralytics.YOLO`` lives here, so the rest of the pack
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,8 +76,19 @@ def _refuse_non_model_file(weights: str, source: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Letterboxed:
+    """An image letterboxed ahead of the detector's call (``Detector.prepare``, in the decode pool): the pixels its
+    model sees (BGR, resized and padded by the predictor's own ``pre_transform``) and the shape of the image they
+    came from, into whose frame the boxes are mapped back."""
+
+    pixels_bgr: np.ndarray
+    original_hw: tuple[int, int]
+
+
 class Detector:
-    """A loaded YOLO model with fixed settings. ``detect`` takes a batch of BGR images and returns their boxes."""
+    """A loaded YOLO model with fixed settings. ``detect`` takes a batch of BGR images (or what ``prepare`` made of
+    them) and returns their boxes."""
 
     def __init__(
         self,
@@ -174,24 +186,46 @@ class Detector:
         if isinstance(getattr(self._model, "model", None), torch.nn.Module):
             self._predict([np.zeros((64, 64, 3), np.uint8)])
 
-    def boxes(self, images_bgr: Sequence[np.ndarray], rel_paths: Sequence[PurePosixPath]) -> list[Detections]:
+    def prepare(self, image_bgr: np.ndarray) -> np.ndarray | Letterboxed:
+        """The optional prompt-source step run in the decode pool (``prompts.base.PromptSource``): the image
+        letterboxed as the model will see it, so that the inference thread neither resizes full-resolution pixels
+        nor batches by raw shape (images of different sizes with one letterboxed shape, e.g. 1080p and 4K frames,
+        share a batch). The letterboxing is the predictor's own ``pre_transform`` of the image alone, which is what
+        ``detect`` would have had it do. The image itself where that does not hold or does not pay: an exported
+        model (its backend decides its input shape on its first call), a segmentation model asked for its masks
+        (they come at the size of the pixels given), or no predictor set up (``warm_up`` did not run or failed)."""
+        predictor = getattr(self._model, "predictor", None)
+        is_torch = isinstance(getattr(self._model, "model", None), torch.nn.Module)
+        if predictor is None or self.gives_masks or not is_torch:
+            return image_bgr
+        (pixels,) = predictor.pre_transform([image_bgr])
+        return Letterboxed(pixels, (int(image_bgr.shape[0]), int(image_bgr.shape[1])))
+
+    def boxes(
+        self, images_bgr: Sequence[np.ndarray | Letterboxed], rel_paths: Sequence[PurePosixPath]
+    ) -> list[Detections]:
         """The prompt-source interface (``prompts.base.PromptSource``): run the detector (``rel_paths`` unused)."""
         return self.detect(images_bgr)
 
-    def detect(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
-        """Boxes for each image (HxWx3 uint8 BGR), batched. Output aligned with the input.
+    def detect(self, images_bgr: Sequence[np.ndarray | Letterboxed]) -> list[Detections]:
+        """Boxes for each image (HxWx3 uint8 BGR, or ``prepare``'s ``Letterboxed``), batched, in each image's own
+        pixel frame. Output aligned with the input.
 
-        Images are batched per shape: ultralytics letterboxes a batch of one shape with minimal padding and a mixed
-        batch to a full square, so grouping by shape keeps every image's boxes independent of what it was batched
-        with (and equal to a one-image call).
+        Images are batched per shape of the pixels given: ultralytics letterboxes a batch of one shape with minimal
+        padding and a mixed batch to a full square, so grouping by shape keeps every image's boxes independent of
+        what it was batched with (and equal to a one-image call). A letterboxed batch passes through the
+        predictor's letterbox unchanged (one shape, already a multiple of the stride at the model's size), and its
+        boxes are mapped back to their images by ultralytics' ``scale_boxes``, the call its postprocessing makes.
         """
+        pixels = [image.pixels_bgr if isinstance(image, Letterboxed) else image for image in images_bgr]
         out: list[Detections | None] = [None] * len(images_bgr)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images_bgr):
+        for index, image in enumerate(pixels):
             groups.setdefault(tuple(image.shape), []).append(index)
         for indices in groups.values():
-            for index, detections in zip(indices, self._predict([images_bgr[i] for i in indices]), strict=True):
-                out[index] = detections
+            for index, detections in zip(indices, self._predict([pixels[i] for i in indices]), strict=True):
+                given = images_bgr[index]
+                out[index] = _boxes_to_original(detections, given) if isinstance(given, Letterboxed) else detections
         return [d if d is not None else Detections.empty() for d in out]
 
     def _predict(self, images_bgr: list[np.ndarray]) -> list[Detections]:
@@ -237,6 +271,18 @@ class Detector:
                 )
             )
         return out
+
+
+def _boxes_to_original(detections: Detections, image: Letterboxed) -> Detections:
+    """``detections`` of the letterboxed pixels, in the frame of the image they came from (clipped to it)."""
+    if not len(detections):
+        return detections
+    from ultralytics.utils.ops import scale_boxes
+
+    # a float32 tensor, as ultralytics' postprocessing scales them: the same arithmetic, bit for bit
+    xyxy = torch.from_numpy(detections.xyxy.copy())
+    scale_boxes(image.pixels_bgr.shape[:2], xyxy, image.original_hw)  # in place
+    return dataclasses.replace(detections, xyxy=xyxy.numpy().astype(np.float32))
 
 
 def _class_names(model: object) -> dict[int, str]:

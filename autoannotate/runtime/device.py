@@ -23,6 +23,10 @@ MAX_CPU_WORKERS = 8
 GPU_HOST_TORCH_THREADS = 2
 #: Most decode (and write) threads on a GPU run.
 MAX_GPU_HOST_WORKERS = 32
+#: A GPU run on at least this many cores makes its polygons in processes (see ``plan_compute``) ...
+POLYGON_PROCESSES_MIN_CORES = 8
+#: ... and in at most this many.
+MAX_POLYGON_PROCESSES = 8
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,24 @@ def compute_record(device: torch.device, half: bool) -> dict[str, object] | None
     return record
 
 
+def worker_compute_record(gpus_per_worker: float, half: bool, deterministic: bool) -> dict[str, object] | None:
+    """``compute_record`` as a driver states it for workers that load their own models on GPUs it may not have
+    (``--engine ray``): the device kind, the precision asked for and the TF32 setting the workers run with (on,
+    torch's cuDNN default, unless ``--deterministic`` turns it off). A worker's GPU decides between bfloat16 and
+    float16 itself, so ``half`` is recorded as such; the GPU's name is not known here (a cluster may mix kinds). None
+    for CPU workers, whose numbers the settings decide, as on the CPU."""
+    if gpus_per_worker <= 0:
+        return None
+    return {
+        "device": "cuda",
+        "dtype": "half" if half else "float32",
+        "detector_dtype": "float16" if half else "float32",
+        "tf32": not deterministic,
+        "deterministic": deterministic,
+        "workers": "ray",
+    }
+
+
 def make_deterministic(device: torch.device) -> None:
     """``--deterministic`` on a GPU: deterministic kernels (cuDNN's and torch's, cuBLAS with a fixed workspace),
     no TF32, no cuDNN autotuning. Process-wide; ``models.load_models`` calls it before loading (cuBLAS reads its
@@ -203,11 +225,17 @@ def plan_compute(device: torch.device, cores: int | None = None) -> ComputePlan:
     if device.type != "cpu":
         # decoding, polygons and writing must keep up with ~80 images/s: every core but the launching thread's
         host = max(2, min(MAX_GPU_HOST_WORKERS, cores - 1))
-        # Polygons are Python and NumPy over small arrays, so write threads queue on the GIL (1.08x from a second
-        # core at 300 boxes, benchmarks/bench_host_capacity.py); processes would not, but on the 2-core VM they
-        # measured 0.60x the threads (spawning, pickling, two more processes on two cores). Off until a many-core
-        # GPU host measures a gain (bench_host_capacity.py --polygon-processes N).
-        return ComputePlan(device, 1, max(1, min(GPU_HOST_TORCH_THREADS, cores)), host, 0)
+        # Polygons are Python and NumPy over small arrays, so write threads queue on the GIL: a second core adds
+        # nothing at 300 boxes (0.94x, benchmarks/bench_host_capacity.py), and one core of polygon work (~0.26 ms a
+        # box) is ~13 images/s at 300 boxes against the ~80 the device does. Processes do not share the GIL. On few
+        # cores they cost more than they give (0.60x the threads on 2: spawning, pickling, two more processes on
+        # cores that also decode), so only a many-core host makes its polygons in processes, half the cores left
+        # after the launching and main threads, at most MAX_POLYGON_PROCESSES (~7 cores of polygons: 300 boxes at
+        # 12 ms an image).
+        processes = 0
+        if cores >= POLYGON_PROCESSES_MIN_CORES:
+            processes = min(MAX_POLYGON_PROCESSES, (cores - 2) // 2)
+        return ComputePlan(device, 1, max(1, min(GPU_HOST_TORCH_THREADS, cores)), host, processes)
     workers = min(cores, MAX_CPU_WORKERS)
     # on a CPU the inference workers own the cores; the host pools only overlap their waits
     return ComputePlan(device, workers, max(1, cores // workers), max(1, min(4, cores)))
