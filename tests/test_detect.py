@@ -242,13 +242,26 @@ def test_letterboxed_ahead_gives_a_direct_calls_boxes_and_batches_by_letterboxed
     np.testing.assert_array_equal(alone.confidence, direct[3].confidence)
 
 
-def test_masks_wanted_or_an_export_are_not_letterboxed_ahead(tmp_path: Path, yolo_weights: Path) -> None:
+def test_masks_wanted_an_export_or_no_warm_up_are_not_letterboxed_ahead(tmp_path: Path) -> None:
     """A segmentation model asked for its masks gets the image itself (its masks come at the size of the pixels
-    given), and so does a model that is not a torch module (an export: its backend fixes its input on first use)."""
-    detector = Detector.from_weights(str(yolo_weights), torch.device("cpu")).with_settings(DetectSettings(masks=True))
-    detector.warm_up()
+    given), so does a model that is not a torch module (an export: its backend fixes its input on first use) and a
+    detector never warmed up; a segmentation model used for its boxes alone is letterboxed."""
+    from ultralytics import YOLO
+
+    from autoannotate.prompts.yolo import Letterboxed
+
+    torch.manual_seed(0)
+    path = tmp_path / "yolo11n-seg_random.pt"
+    YOLO("yolo11n-seg.yaml").save(str(path))
     image = np.zeros((100, 160, 3), np.uint8)
-    fake_seg = SimpleNamespace(task="segment", model=detector.model.model, predictor=detector.model.predictor)  # type: ignore[attr-defined]
-    assert Detector(fake_seg, DetectSettings(masks=True), torch.device("cpu")).prepare(image) is image
-    fake_export = SimpleNamespace(task="detect", model="model.onnx", predictor=detector.model.predictor)  # type: ignore[attr-defined]
-    assert Detector(fake_export, DetectSettings(), torch.device("cpu")).prepare(image) is image
+    loaded = Detector.from_weights(str(path), torch.device("cpu"))
+    masks = loaded.with_settings(DetectSettings(masks=True))
+    masks.warm_up()
+    assert masks.gives_masks and masks.prepare(image) is image
+    boxes_only = loaded.with_settings(DetectSettings())
+    assert boxes_only.prepare(image) is image  # not warmed up
+    boxes_only.warm_up()
+    assert isinstance(boxes_only.prepare(image), Letterboxed)
+    export = Detector(SimpleNamespace(task="detect", model="model.onnx"), DetectSettings(), torch.device("cpu"))
+    export.warm_up()  # runs nothing: an export's backend may fix its batch on its first call
+    assert export.prepare(image) is image

@@ -145,3 +145,36 @@ def test_a_non_finite_half_result_is_computed_again_in_float32(mobile_sam_weight
     np.testing.assert_array_equal(got.iou_pred, expected.iou_pred)
     np.testing.assert_array_equal(got.low_res_logits, expected.low_res_logits)
     assert np.isfinite(got.iou_pred).all()
+
+
+def test_the_sam_input_is_page_locked_by_prepare_in_the_decode_threads_on_cuda(
+    mobile_sam_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CUDA device the segmenter's ``prepare`` (run by the decode threads) leaves its encoder input in
+    page-locked memory, and the inference thread's copy then pins nothing again; on the CPU nothing is pinned.
+    Page-locking is mocked at torch's boundary (no CUDA here)."""
+    from autoannotate.runtime.device import host_to_device, page_locked
+    from autoannotate.segmenters.sam import BoxSegmenter
+
+    pinned: set[int] = set()
+
+    def pin_memory(self: torch.Tensor) -> torch.Tensor:
+        out = self.clone()
+        pinned.add(out.data_ptr())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: self.data_ptr() in pinned)
+    segmenter = BoxSegmenter.from_weights(str(mobile_sam_weights), torch.device("cpu"))
+    image = np.zeros((300, 400, 3), np.uint8)
+    on_cpu = segmenter.prepare(image)
+    assert not pinned and not on_cpu.image_1024_chw.is_pinned()
+    monkeypatch.setattr(BoxSegmenter, "device", property(lambda self: torch.device("cuda", 0)))
+    on_cuda = segmenter.prepare(image)
+    assert on_cuda.image_1024_chw.is_pinned() and len(pinned) == 1
+    assert torch.equal(on_cuda.image_1024_chw, on_cpu.image_1024_chw)
+    assert page_locked(on_cuda.image_1024_chw, torch.device("cuda", 0)) is on_cuda.image_1024_chw  # not pinned twice
+    copies: list[bool] = []
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: copies.append(k.get("non_blocking", False)) or self)
+    host_to_device(on_cuda.image_1024_chw, torch.device("cuda", 0))
+    assert copies == [True] and len(pinned) == 1  # asynchronous, from the memory prepare pinned

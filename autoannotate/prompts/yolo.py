@@ -103,6 +103,7 @@ class Detector:
         self.device = device
         self.weights_path = weights_path  # the local file that was loaded (after any download)
         self._names = names  # read once at load: for an exported model, reading them loads its backend
+        self._letterboxer: object | None = None  # the predictor ``warm_up`` set up, whose letterbox ``prepare`` uses
 
     @classmethod
     def from_weights(cls, weights: str, device: torch.device, onednn: bool | None = None) -> Detector:
@@ -185,20 +186,24 @@ class Detector:
         them): an export's backend may fix its batch size on its first call. Later detections do not depend on it."""
         if isinstance(getattr(self._model, "model", None), torch.nn.Module):
             self._predict([np.zeros((64, 64, 3), np.uint8)])
+            if not self.gives_masks:
+                # kept, not looked up per image: a model may replace its predictor (YOLOE does, between prompt
+                # kinds), and decode threads must never see one whose model is not set up yet
+                self._letterboxer = getattr(self._model, "predictor", None)
 
     def prepare(self, image_bgr: np.ndarray) -> np.ndarray | Letterboxed:
         """The optional prompt-source step run in the decode pool (``prompts.base.PromptSource``): the image
         letterboxed as the model will see it, so that the inference thread neither resizes full-resolution pixels
         nor batches by raw shape (images of different sizes with one letterboxed shape, e.g. 1080p and 4K frames,
         share a batch). The letterboxing is the predictor's own ``pre_transform`` of the image alone, which is what
-        ``detect`` would have had it do. The image itself where that does not hold or does not pay: an exported
-        model (its backend decides its input shape on its first call), a segmentation model asked for its masks
-        (they come at the size of the pixels given), or no predictor set up (``warm_up`` did not run or failed)."""
-        predictor = getattr(self._model, "predictor", None)
-        is_torch = isinstance(getattr(self._model, "model", None), torch.nn.Module)
-        if predictor is None or self.gives_masks or not is_torch:
+        ``detect`` would have had it do, by the predictor ``warm_up`` set up. The image itself where that does not
+        hold or does not pay, i.e. where ``warm_up`` kept no predictor: an exported model (its backend decides its
+        input shape on its first call), a segmentation model asked for its masks (they come at the size of the
+        pixels given), a detector not warmed up (an open-vocabulary one) or whose warm-up failed."""
+        predictor = self._letterboxer
+        if predictor is None:
             return image_bgr
-        (pixels,) = predictor.pre_transform([image_bgr])
+        (pixels,) = predictor.pre_transform([image_bgr])  # type: ignore[attr-defined]
         return Letterboxed(pixels, (int(image_bgr.shape[0]), int(image_bgr.shape[1])))
 
     def boxes(

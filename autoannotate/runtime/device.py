@@ -122,6 +122,23 @@ def activate(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+def page_locked(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) in page-locked memory when it is bound for a CUDA ``device``, else as it is.
+    The segmenters' ``prepare`` calls it in the pipeline's decode threads, so that the inference thread, which
+    launches the kernels, neither copies into pinned memory nor waits on a pageable transfer."""
+    if device.type != "cuda" or tensor.is_pinned():
+        return tensor
+    return tensor.pin_memory()
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: on CUDA an asynchronous copy from page-locked memory (pinned first if ``prepare``
+    did not do it already)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return page_locked(tensor, device).to(device, non_blocking=True)
+
+
 def half_dtype(device: torch.device) -> torch.dtype:
     """What ``--half`` computes in on ``device``: bfloat16 on the CPU and on GPUs that have it (Ampere and later:
     float32's exponent range, so SAM's ViT encoders, known to overflow float16, stay finite), float16 on older

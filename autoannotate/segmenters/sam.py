@@ -18,6 +18,7 @@ checkpoint's contents, not from its file name (``recognise_sam``), and ``SAM_ENT
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
-from autoannotate.runtime.device import half_dtype, release_device_memory
+from autoannotate.runtime.device import half_dtype, host_to_device, page_locked, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam_decoder import ImageSide, shared_image_decoder
@@ -387,8 +388,10 @@ class BoxSegmenter:
 
     def prepare(self, image_rgb: np.ndarray) -> PreparedImage:
         """``sam_transforms.prepare_image``: ``(H, W, 3)`` uint8 RGB resized to longest side 1024 (CPU only,
-        thread-safe; the pipeline calls it in its decode workers)."""
-        return prepare_image(image_rgb)
+        thread-safe; the pipeline calls it in its decode workers), page-locked there for a CUDA device."""
+        prepared = prepare_image(image_rgb)
+        pixels = page_locked(prepared.image_1024_chw, self.device)
+        return prepared if pixels is prepared.image_1024_chw else dataclasses.replace(prepared, image_1024_chw=pixels)
 
     def default_batch(self) -> int:
         """Images per ``segment`` call on this segmenter's device (``default_batch_size``)."""
@@ -430,9 +433,7 @@ class BoxSegmenter:
         self, image: PreparedImage, device: torch.device, mean: torch.Tensor, std: torch.Tensor
     ) -> torch.Tensor:
         """``(3, 1024, 1024)`` float32: normalised, then zero-padded bottom/right (the reference order)."""
-        x = image.image_1024_chw
-        # On CUDA: page-locked host memory lets the copy run asynchronously with the host.
-        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
+        x = host_to_device(image.image_1024_chw, device)  # on CUDA asynchronous: pinned in ``prepare``
         x = (x.float() - mean) / std
         h, w = image.input_hw
         return F.pad(x, (0, SAM_IMAGE_SIZE - w, 0, SAM_IMAGE_SIZE - h))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
 from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
-from autoannotate.runtime.device import half_dtype, release_device_memory
+from autoannotate.runtime.device import half_dtype, host_to_device, page_locked, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
 from autoannotate.segmenters.sam import default_batch_size, default_decoder_batch_size
@@ -310,7 +310,7 @@ class Sam2Segmenter:
         ):
             shape = getattr(image_rgb, "shape", None)
             raise ValueError(f"image_rgb must be an (H, W, 3) uint8 RGB array with H, W >= 1, got {shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image_rgb))
+        tensor = page_locked(torch.from_numpy(np.ascontiguousarray(image_rgb)), self.device)  # for CUDA: pinned here
         return Sam2Prepared(tensor, (int(image_rgb.shape[0]), int(image_rgb.shape[1])))
 
     def _autocast(self, device: torch.device, half: bool | None = None) -> AbstractContextManager[Any]:
@@ -321,7 +321,7 @@ class Sam2Segmenter:
     def _encoder_input(self, image: Sam2Prepared, device: torch.device) -> torch.Tensor:
         """``(3, S, S)`` float32: ``ToTensor``, ``Resize((S, S))`` (bilinear, antialiased), ``Normalize``."""
         x = image.image_hwc
-        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+        x = host_to_device(x, device)  # on CUDA asynchronous: pinned in ``prepare``
         x = x.permute(2, 0, 1).contiguous().float().div(255)
         size = (self.image_size, self.image_size)
         x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
