@@ -246,3 +246,129 @@ def test_detector_routing_leaves_exported_and_unfusable_models_alone() -> None:
     fused = Fusable(nn.Conv2d(3, 4, 1), nn.Linear(4, 2))
     _use_onednn(SimpleNamespace(model=fused))
     assert [type(m) for m in fused] == [OneDnnConv2d, OneDnnLinear]
+
+
+class MBConv(nn.Module):
+    """Named as TinyViT's block, with its forward: conv1, act1, conv2, act2, conv3, then the residual and act3."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(channels, 4 * channels, 1, bias=False), nn.BatchNorm2d(4 * channels))
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(4 * channels, 4 * channels, 3, padding=1, groups=4 * channels, bias=False),
+            nn.BatchNorm2d(4 * channels),
+        )
+        self.act2 = nn.GELU()
+        self.conv3 = nn.Sequential(nn.Conv2d(4 * channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.act3 = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.act3(self.conv3(y) + x)
+
+
+class MLP(nn.Module):
+    """Named as TinyViT's MLP, whose forward is norm, fc1, act, fc2."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(features)
+        self.fc1 = nn.Linear(features, 4 * features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class DecoyMLP(MLP):
+    """Named as one the fusion knows, but its forward applies the activation before fc1: must not be fused."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(self.act(self.norm(x))))
+
+
+DecoyMLP.__name__ = "MLP"
+
+
+def _random_statistics(model: nn.Module) -> nn.Module:
+    """Trained-looking batch norms (eval mode, non-trivial running statistics and affine parameters)."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator))  # type: ignore[union-attr]
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)  # type: ignore[union-attr]
+            module.weight.data.copy_(torch.randn(n, generator=generator))
+            module.bias.data.copy_(torch.randn(n, generator=generator))
+    return model.eval()
+
+
+def test_fuse_for_cpu_folds_norms_fuses_gelus_and_computes_the_same(onednn_calls: list[tuple[int, ...]]) -> None:
+    """BatchNorms fold into their convolutions, a GELU right after a convolution or linear layer becomes its oneDNN
+    post-op (in a Sequential and in TinyViT's MBConv and MLP), a GELU after a residual sum or before its layer stays;
+    the outputs match the unfused model's in PyTorch's kernels, in oneDNN's, and back in PyTorch's."""
+    import copy
+
+    from autoannotate.runtime.cpu_kernels import Conv2dGelu, LinearGelu, OneDnnConv2dGelu, fuse_for_cpu
+
+    torch.manual_seed(0)
+    model = _random_statistics(
+        nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)),
+            nn.GELU(),
+            MBConv(16),
+            nn.Conv2d(16, 16, 1),
+        )
+    )
+    tokens = nn.Sequential(MLP(16), DecoyMLP(16)).eval()
+    x, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 16)
+    reference, reference_tokens = copy.deepcopy(model), copy.deepcopy(tokens)
+    with torch.no_grad():
+        want, want_tokens = reference(x), reference_tokens(t)
+        assert fuse_for_cpu(model) == (4, 3)  # 4 norms; GELUs: the stem's, act1, act2 (not act3)
+        assert fuse_for_cpu(tokens) == (0, 1)  # the true MLP only
+        assert isinstance(tokens[1].act, nn.GELU) and type(tokens[1].fc1) is nn.Linear
+        kinds = [type(m) for m in model.modules()]
+        assert nn.BatchNorm2d not in kinds and kinds.count(Conv2dGelu) == 3 and kinds.count(nn.GELU) == 1
+        assert type(tokens[0].fc1) is LinearGelu and isinstance(tokens[0].act, nn.Identity)
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tokens(t), want_tokens, rtol=1e-4, atol=1e-5)
+        use_onednn(model)
+        use_onednn(tokens)
+        assert [type(m) for m in model.modules()].count(OneDnnConv2dGelu) == 3
+        fused_calls: list[str] = []
+        original = torch.ops.mkldnn._convolution_pointwise
+
+        def counting(*args: object) -> torch.Tensor:
+            fused_calls.append(str(args[7]))
+            return original(*args)  # type: ignore[no-any-return]
+
+        torch.ops.mkldnn._convolution_pointwise = counting  # type: ignore[attr-defined,assignment]
+        try:
+            routed, routed_tokens = model(x), tokens(t)
+        finally:
+            torch.ops.mkldnn._convolution_pointwise = original  # type: ignore[attr-defined]
+        assert fused_calls == ["gelu"] * 4  # 3 convolutions and 1 linear layer, each one oneDNN call with its GELU
+        torch.testing.assert_close(routed, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(routed_tokens, want_tokens, rtol=1e-4, atol=1e-4)
+        use_default_kernels(model)  # as before an export: the GELUs stay with their layers
+        assert [type(m) for m in model.modules()].count(Conv2dGelu) == 3
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_mobile_sam_encoder_is_fused_on_cpu_and_computes_what_it_did(mobile_sam_weights: Path) -> None:
+    """The CPU segmenter's TinyViT: every BatchNorm folded, the GELUs after its MBConv convolutions, stem and MLPs
+    fused; its image embedding within 1e-4 of the same weights unfused (the reference parity test checks the masks)."""
+    from autoannotate.runtime.cpu_kernels import OneDnnConv2dGelu, OneDnnLinearGelu
+    from autoannotate.segmenters.sam import BoxSegmenter
+
+    fused = BoxSegmenter.from_weights(mobile_sam_weights, "cpu").model.image_encoder
+    plain = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=False).model.image_encoder
+    kinds = [type(m) for m in fused.modules()]
+    assert nn.BatchNorm2d not in kinds and kinds.count(OneDnnLinearGelu) == 10 and kinds.count(OneDnnConv2dGelu) == 5
+    assert [type(m) for m in plain.modules()].count(nn.BatchNorm2d) == 27
+    x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), plain(x), rtol=1e-4, atol=1e-4)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
-from autoannotate.runtime.cpu_kernels import onednn_for, use_onednn
+from autoannotate.runtime.cpu_kernels import fuse_for_cpu, onednn_for, use_onednn
 from autoannotate.runtime.device import half_dtype, host_to_device, page_locked, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
 from autoannotate.segmenters.prompting import InstancePrompts, checked_prompts, prompt_arrays
@@ -328,6 +328,9 @@ class BoxSegmenter:
                 f"device (e.g. cpu)"
             ) from err
         if onednn_for(target, onednn):
+            encoder = getattr(model, "image_encoder", None)
+            if isinstance(encoder, torch.nn.Module):
+                fuse_for_cpu(encoder)  # BatchNorms folded, GELUs as oneDNN post-ops (TinyViT); checked per block
             use_onednn(model)
         return cls(model, half=half, variant=variant, weights_path=path)
 

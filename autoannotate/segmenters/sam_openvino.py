@@ -42,7 +42,8 @@ from autoannotate.segmenters.sam_transforms import SAM_IMAGE_SIZE
 __all__ = ["OpenVinoSam", "openvino_sam"]
 
 # Bump when the exported forward of a part changes: old cache entries are then never read.
-_FORWARD_VERSION = 1
+# 2: the CPU encoder is exported with its BatchNorms folded and its GELUs fused (``cpu_kernels.fuse_for_cpu``).
+_FORWARD_VERSION = 2
 _EXAMPLE_PROMPTS = (8, 2)  # (prompts, tokens) of the example input; both dimensions are dynamic
 
 
