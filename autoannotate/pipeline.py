@@ -401,7 +401,7 @@ class Annotator:
     ) -> list[InstanceShape]:
         """``instance_shapes`` of one image's masks: in this thread, or, with ``polygon_processes``, in one of them
         while this thread waits without holding the GIL (for a many-core GPU host, whose write threads queue on the
-        GIL for this Python work; ``runtime.device.plan_compute`` leaves it off until measured faster)."""
+        GIL for this Python work; ``runtime.device.plan_compute`` turns them on for GPU runs on 8 cores or more)."""
         if self._shape_pool is None or not crops:
             return instance_shapes(crops, skip, class_ids, self.policy, resolution_wh)
         return self._shape_pool.submit(instance_shapes, crops, skip, class_ids, self.policy, resolution_wh).result()
