@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -104,30 +104,43 @@ class OneDnnLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or not _float32_cpu_inference(x, self.weight):
             return F.linear(x, self.weight, self.bias)
-        in_features, out_features = self.in_features, self.out_features
-        rows = x.reshape(-1, in_features)  # a view when x is contiguous, else one copy (as F.linear would make)
-        # (rows, C) row-major is exactly NHWC with N = H = 1: a channels-last (1, C, 1, rows) view, no copy.
-        nhwc = rows.view(1, 1, rows.shape[0], in_features).permute(0, 3, 1, 2)
-        out = torch.mkldnn_convolution(
-            nhwc, self.weight.view(out_features, in_features, 1, 1), self.bias, [0, 0], [1, 1], [1, 1], 1
-        )
-        # oneDNN keeps the channels-last layout: (1, out, 1, rows) with NHWC strides is (rows, out) row-major.
-        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+        return _linear_as_convolution(self, x, lambda nhwc, weight: torch.mkldnn_convolution(
+            nhwc, weight, self.bias, [0, 0], [1, 1], [1, 1], 1
+        ))  # fmt: skip
+
+
+def _linear_as_convolution(
+    layer: nn.Linear, x: torch.Tensor, convolve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``layer`` applied to ``x`` as a oneDNN 1x1 convolution: ``convolve(nhwc, weight)`` gets ``x``'s rows as a
+    channels-last ``(1, C, 1, rows)`` view and the weight as ``(out, in, 1, 1)``."""
+    in_features, out_features = layer.in_features, layer.out_features
+    rows = x.reshape(-1, in_features)  # a view when x is contiguous, else one copy (as F.linear would make)
+    # (rows, C) row-major is exactly NHWC with N = H = 1: a channels-last (1, C, 1, rows) view, no copy.
+    nhwc = rows.view(1, 1, rows.shape[0], in_features).permute(0, 3, 1, 2)
+    out = convolve(nhwc, layer.weight.view(out_features, in_features, 1, 1))
+    # oneDNN keeps the channels-last layout: (1, out, 1, rows) with NHWC strides is (rows, out) row-major.
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+
+
+def _routed_padding(layer: nn.Conv2d, x: torch.Tensor) -> list[int] | None:
+    """``layer``'s padding when ``layer(x)`` may take the oneDNN route (a 4-D float32 inference call with zero,
+    explicit padding), else None."""
+    padding = layer.padding
+    if x.dim() != 4 or layer.padding_mode != "zeros" or isinstance(padding, str):
+        return None
+    return list(padding) if _float32_cpu_inference(x, layer.weight) else None
 
 
 class OneDnnConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose float32 CPU inference always runs on oneDNN (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dim() != 4
-            or self.padding_mode != "zeros"
-            or isinstance(self.padding, str)
-            or not _float32_cpu_inference(x, self.weight)
-        ):
+        padding = _routed_padding(self, x)
+        if padding is None:
             return super().forward(x)
         return torch.mkldnn_convolution(
-            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
+            x, self.weight, self.bias, padding, list(self.stride), list(self.dilation), self.groups
         )
 
 
@@ -149,43 +162,29 @@ class LinearGelu(nn.Linear):
         return F.gelu(super().forward(x), approximate=self.gelu_approximate)
 
 
-def _convolution_gelu(layer: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, approximate: str) -> torch.Tensor:
-    """One oneDNN convolution with GELU as its post-op (erf GELU for ``"none"``, as ``F.gelu``'s default)."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, layer.bias, list(layer.padding), list(layer.stride), list(layer.dilation), layer.groups,
-        "gelu", [], approximate,
-    )  # fmt: skip
-
-
 class OneDnnConv2dGelu(Conv2dGelu):
-    """``Conv2dGelu`` whose float32 CPU inference is one oneDNN convolution with a GELU post-op."""
+    """``Conv2dGelu`` whose float32 CPU inference is one oneDNN convolution with GELU as its post-op (erf GELU for
+    ``"none"``, as ``F.gelu``'s default)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dim() != 4
-            or self.padding_mode != "zeros"
-            or isinstance(self.padding, str)
-            or not _float32_cpu_inference(x, self.weight)
-        ):
+        padding = _routed_padding(self, x)
+        if padding is None:
             return super().forward(x)
-        return _convolution_gelu(self, x, self.weight, self.gelu_approximate)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, padding, list(self.stride), list(self.dilation), self.groups,
+            "gelu", [], self.gelu_approximate,
+        )  # fmt: skip
 
 
 class OneDnnLinearGelu(LinearGelu):
-    """``LinearGelu`` whose float32 CPU inference is one oneDNN 1x1 convolution with a GELU post-op (the layout
-    trick of ``OneDnnLinear``)."""
+    """``LinearGelu`` whose float32 CPU inference is one oneDNN 1x1 convolution with a GELU post-op."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or not _float32_cpu_inference(x, self.weight):
             return super().forward(x)
-        in_features, out_features = self.in_features, self.out_features
-        rows = x.reshape(-1, in_features)
-        nhwc = rows.view(1, 1, rows.shape[0], in_features).permute(0, 3, 1, 2)
-        weight = self.weight.view(out_features, in_features, 1, 1)
-        out = torch.ops.mkldnn._convolution_pointwise(
+        return _linear_as_convolution(self, x, lambda nhwc, weight: torch.ops.mkldnn._convolution_pointwise(
             nhwc, weight, self.bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [], self.gelu_approximate
-        )
-        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+        ))  # fmt: skip
 
 
 _ROUTED: dict[type[nn.Module], type[nn.Module]] = {
