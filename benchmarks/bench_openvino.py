@@ -11,7 +11,18 @@ costs: converting the three parts, and loading them back from the cache.
 
 Without ``--sam-model`` the real MobileSAM architecture with random weights is used (speed does not depend on the
 weights; the agreement figures then describe random masks, so pass a real checkpoint to quote them). Without
-``--images``, synthetic scenes (``common.synthetic_scene_bgr``); boxes are drawn at random inside each image.
+``--images``, synthetic scenes (``common.synthetic_scene_bgr``); boxes are drawn at random inside each image. The
+model is set up as ``autoannotate run`` sets it up on a CPU: glibc's allocator tuned, the encoder's BatchNorms
+folded and GELUs fused, float32 layers routed to oneDNN.
+
+Then two more tables:
+
+- **The arithmetic ceiling**: the encoder's floating-point operations per image (``torch.utils.flop_counter``), this
+  CPU's peak at ``--threads`` as oneDNN's 1x1 convolution reaches it (float32, and bf16 where the CPU has it), and
+  each way's GFLOP/s and share of that peak, i.e. how much faster any kernel could make the encoder here.
+- **Streams** (``--threads`` 2 or more): OpenVINO's encoder with one stream of ``--threads`` threads against
+  ``--threads`` streams of one thread, as many calling threads as streams: seconds per call and images per second
+  (``segmenters.sam_openvino.encoder_settings`` picks the first).
 """
 
 from __future__ import annotations
@@ -68,7 +79,8 @@ def main() -> None:
 
     import torch
 
-    from autoannotate.runtime.cpu_kernels import use_onednn
+    from autoannotate.runtime.allocator import tune_host_allocator
+    from autoannotate.runtime.cpu_kernels import fuse_for_cpu, use_onednn
     from autoannotate.runtime.openvino_parts import OpenVinoSettings, openvino_version
     from autoannotate.segmenters.sam import BoxSegmenter, load_sam
 
@@ -84,6 +96,8 @@ def main() -> None:
         from ultralytics.models.sam.build import build_mobile_sam
 
         model, variant, weights = build_mobile_sam().eval(), "mobile_sam", "random weights"
+    tune_host_allocator()  # as `autoannotate run` does
+    fuse_for_cpu(model.image_encoder)
     use_onednn(model)
     print(f"model: {variant} ({weights})")
     rng = np.random.default_rng(1)
@@ -158,6 +172,91 @@ def main() -> None:
             f"   (decoder x{base_dec / t_dec:.2f})"
         )
     print(f"other processes' load during the timings: {meter.other_cores():.2f} cores")
+    _print_ceiling(model.image_encoder, {name: t_enc / n_img for name, (t_enc, _) in timings.items()}, args.threads)
+    if args.threads >= 2:
+        _print_streams(model, variant, cache, args.threads)
+
+
+def _peak_gflops(dtype: Any, threads: int) -> float:
+    """GFLOP/s of oneDNN's 1x1 convolution (channels-last, 256 -> 1024 channels over 64x64) at ``threads``."""
+    import torch
+
+    x = torch.randn(1, 256, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(1024, 256, 1, 1).to(dtype)
+    flops = 2 * 256 * 1024 * 64 * 64
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(10):
+                torch.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1)
+            best = min(best, (time.perf_counter() - start) / 10)
+    return flops / best / 1e9
+
+
+def _print_ceiling(encoder: Any, seconds_per_image: dict[str, float], threads: int) -> None:
+    """The encoder's GFLOP per image, this CPU's peak, each way's share of it."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder(torch.zeros(1, 3, 1024, 1024))
+    gflop = counter.get_total_flops() / 1e9
+    peaks = {"fp32": _peak_gflops(torch.float32, threads)}
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        peaks["bf16"] = _peak_gflops(torch.bfloat16, threads)
+    at_peak = ", ".join(f"{k} {v:.0f} GFLOP/s ({gflop / v:.3f} s/img)" for k, v in peaks.items())
+    print(f"\nthe arithmetic ceiling: the encoder does {gflop:.1f} GFLOP per image; this CPU's peak at {threads}")
+    print(f"thread(s), as oneDNN's 1x1 convolution reaches it: {at_peak}")
+    print("way             encoder s/img  GFLOP/s  share of its precision's peak")
+    for name, seconds in seconds_per_image.items():
+        peak = peaks.get("bf16" if "bf16" in name else "fp32")
+        share = f"{gflop / seconds / peak:6.0%}" if peak else "     -"
+        print(f"{name:15s} {seconds:13.3f}  {gflop / seconds:7.1f}  {share}")
+
+
+def _print_streams(model: Any, variant: str, cache: Path, threads: int) -> None:
+    """OpenVINO's encoder: one stream of ``threads`` threads against ``threads`` streams of one, ``threads``
+    callers each way."""
+    import threading
+    from unittest import mock
+
+    import torch
+
+    from autoannotate.runtime.openvino_parts import OpenVinoSettings
+    from autoannotate.segmenters import sam_openvino
+    from autoannotate.segmenters.sam import BoxSegmenter
+
+    x = torch.randn(1, 3, 1024, 1024)
+    print(f"\nstreams: OpenVINO's encoder, {threads} calling threads, 3 calls each")
+    print("precision  streams x threads  s/call  images/s")
+    for precision in ("f32", "bf16"):
+        for streams in (1, threads):
+            segmenter = BoxSegmenter(model, variant=variant)
+            # the streams as given, not as the run's rule (``encoder_settings``) would change them
+            with mock.patch.object(sam_openvino, "encoder_settings", lambda settings: settings):
+                segmenter.use_openvino(OpenVinoSettings(precision, streams, threads, cache), None)
+            ov = segmenter._openvino  # benchmark-only access
+            ov.encode(x)  # warm-up
+            calls: list[float] = []
+
+            def work(o: Any = ov, out: list[float] = calls) -> None:
+                for _ in range(3):
+                    start = time.perf_counter()
+                    o.encode(x)
+                    out.append(time.perf_counter() - start)
+
+            workers = [threading.Thread(target=work) for _ in range(threads)]
+            start = time.perf_counter()
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            wall = time.perf_counter() - start
+            per_stream = threads // streams
+            print(f"{precision:9s}  {streams:7d} x {per_stream:<7d}  {np.mean(calls):6.3f}  {len(calls) / wall:8.2f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -341,3 +342,39 @@ def test_a_model_without_a_file_is_keyed_by_its_weights() -> None:
     with torch.no_grad():
         twin.bias[0] += 1e-6
     assert state_dict_sha256(model) != state_dict_sha256(twin)
+
+
+@pytest.mark.parametrize(
+    ("streams", "threads", "encoder_streams"),
+    [(1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 4, 2), (8, 8, 4), (8, 16, 8), (4, 16, 4)],
+)
+def test_the_encoders_streams_get_two_threads_each(streams: int, threads: int, encoder_streams: int) -> None:
+    from autoannotate.segmenters.sam_openvino import encoder_settings
+
+    settings = OpenVinoSettings("bf16", streams, threads, Path("cache"))
+    assert encoder_settings(settings) == OpenVinoSettings("bf16", encoder_streams, threads, Path("cache"))
+
+
+def test_the_encoder_is_compiled_with_its_own_streams_and_the_decoder_with_one_per_worker(
+    tmp_path: Path, mobile_sam_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real MobileSAM's three parts, as ``use_openvino`` compiles them for two workers on two cores: the encoder
+    in one stream of two threads, both decoder parts in two streams (compiling itself is stubbed: only the settings
+    each part is given are checked here)."""
+    from autoannotate.segmenters import sam_openvino
+    from autoannotate.segmenters.sam import BoxSegmenter
+
+    given: dict[str, OpenVinoSettings] = {}
+
+    def record(module: torch.nn.Module, inputs: tuple, spec: PartSpec, settings: OpenVinoSettings) -> object:
+        given[spec.name] = settings
+        return SimpleNamespace(converted=False, precision=settings.precision)
+
+    monkeypatch.setattr(sam_openvino, "compile_part", record)
+    segmenter = BoxSegmenter._load(mobile_sam_weights, "cpu", False, None)
+    segmenter.use_openvino(OpenVinoSettings("f32", 2, 2, tmp_path), "00" * 32)
+    assert {name: (s.streams, s.threads) for name, s in given.items()} == {
+        "mobile_sam/image_encoder": (1, 2),
+        "mobile_sam/decoder_image_side": (2, 2),
+        "mobile_sam/decoder_prompts": (2, 2),
+    }

@@ -16,6 +16,7 @@ runs the MobileSAM reference parity test on both runtimes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -39,12 +40,14 @@ from autoannotate.runtime.openvino_parts import (
 from autoannotate.segmenters.sam_decoder import ImageSide, SharedImageDecoder
 from autoannotate.segmenters.sam_transforms import SAM_IMAGE_SIZE
 
-__all__ = ["OpenVinoSam", "openvino_sam"]
+__all__ = ["ENCODER_THREADS_PER_STREAM", "OpenVinoSam", "encoder_settings", "openvino_sam"]
 
 # Bump when the exported forward of a part changes: old cache entries are then never read.
 # 2: the CPU encoder is exported with its BatchNorms folded and its GELUs fused (``cpu_kernels.fuse_for_cpu``).
 _FORWARD_VERSION = 2
 _EXAMPLE_PROMPTS = (8, 2)  # (prompts, tokens) of the example input; both dimensions are dynamic
+#: The image encoder's streams get at least this many threads each (see ``encoder_settings``).
+ENCODER_THREADS_PER_STREAM = 2
 
 
 class _ImageSideModule(nn.Module):
@@ -172,6 +175,18 @@ class OpenVinoSam:
         return torch.from_numpy(logits), torch.from_numpy(iou)
 
 
+def encoder_settings(settings: OpenVinoSettings) -> OpenVinoSettings:
+    """The image encoder's compile settings: ``settings`` with fewer streams, so that each stream has at least
+    ``ENCODER_THREADS_PER_STREAM`` threads (2 cores: one stream of 2 threads, not two of one; 16 cores and 8 workers:
+    unchanged, 8 streams of 2). OpenVINO runs MobileSAM's encoder on two threads 2.1x as fast as on one (measured on
+    the Zen 4 VM: 0.525 s against 1.10 s, 1.91 images/s against 1.78 with two streams of one thread), so an image
+    is encoded in half the time at no loss of throughput: the run's first label comes sooner and its last image no
+    longer leaves a core idle. The inference workers stay as many as before: while one waits for the encoder's stream
+    it detects, decodes or hands over its masks. The decoder's parts, short calls, keep one stream per worker."""
+    streams = max(1, min(settings.streams, settings.threads // ENCODER_THREADS_PER_STREAM))
+    return dataclasses.replace(settings, streams=streams)
+
+
 def _parts(
     model: Any, decoder: SharedImageDecoder, variant: str, sha256: str
 ) -> list[tuple[nn.Module, tuple[torch.Tensor, ...], PartSpec]]:
@@ -243,7 +258,11 @@ def openvino_sam(
     if not convert and not all((folder / "model.xml").is_file() for folder in folders):
         raise OpenVinoUnavailable("the OpenVINO conversion of this model is not cached yet")
     with _plain_layers(model):
-        compiled = [compile_part(module, inputs, spec, settings) for module, inputs, spec in parts]
+        per_part = (encoder_settings(settings), settings, settings)
+        compiled = [
+            compile_part(module, inputs, spec, part_settings)
+            for (module, inputs, spec), part_settings in zip(parts, per_part, strict=True)
+        ]
 
     prompts_module = parts[2][0]
     assert isinstance(prompts_module, _PromptsModule)
