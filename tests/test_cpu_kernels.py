@@ -358,9 +358,61 @@ def test_fuse_for_cpu_folds_norms_fuses_gelus_and_computes_the_same(onednn_calls
         torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
 
 
+def test_fused_layers_under_bf16_autocast_are_one_bf16_onednn_call_each_as_accurate_as_autocast() -> None:
+    """``--half`` on a CPU: each fused layer is one oneDNN call on bf16 input, weight and bias (GELU as its post-op,
+    on the float32 accumulator), gives autocast's bf16 output, and is as close to the float32 model as PyTorch's own
+    autocast of the unfused model is."""
+    import copy
+
+    from autoannotate.runtime.cpu_kernels import fuse_for_cpu
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 in oneDNN")
+    torch.manual_seed(0)
+    model = _random_statistics(
+        nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)),
+            nn.GELU(),
+            MBConv(16),
+            nn.Conv2d(16, 16, 1),
+        )
+    )
+    tokens = nn.Sequential(MLP(16)).eval()
+    x, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 16)
+    plain, plain_tokens = copy.deepcopy(model), copy.deepcopy(tokens)
+    with torch.no_grad():
+        exact, exact_tokens = plain(x), plain_tokens(t)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast, autocast_tokens = plain(x), plain_tokens(t)
+        fuse_for_cpu(model)
+        fuse_for_cpu(tokens)
+        use_onednn(model)
+        use_onednn(tokens)
+        dtypes: list[tuple[torch.dtype, ...]] = []
+        original = torch.ops.mkldnn._convolution_pointwise
+
+        def recording(*args: torch.Tensor) -> torch.Tensor:
+            dtypes.append(tuple(a.dtype for a in args[:3] if a is not None))
+            return original(*args)  # type: ignore[no-any-return]
+
+        torch.ops.mkldnn._convolution_pointwise = recording  # type: ignore[attr-defined,assignment]
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fused, fused_tokens = model(x), tokens(t)
+        finally:
+            torch.ops.mkldnn._convolution_pointwise = original  # type: ignore[attr-defined]
+    assert dtypes == [(torch.bfloat16,) * 3] * 4  # the stem, act1, act2 and the MLP's fc1
+    for got, autocast_out, want in ((fused, autocast, exact), (fused_tokens, autocast_tokens, exact_tokens)):
+        assert got.dtype == autocast_out.dtype
+        error, autocast_error = (float((out.float() - want).abs().mean()) for out in (got, autocast_out))
+        assert error <= 1.25 * autocast_error + 1e-6
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+
+
 def test_the_mobile_sam_encoder_is_fused_on_cpu_and_computes_what_it_did(mobile_sam_weights: Path) -> None:
     """The CPU segmenter's TinyViT: every BatchNorm folded, the GELUs after its MBConv convolutions, stem and MLPs
-    fused; its image embedding within 1e-4 of the same weights unfused (the reference parity test checks the masks)."""
+    fused; its image embedding within 1e-4 of the same weights unfused (the reference parity test checks the masks),
+    and under bf16 autocast as close to the float32 embedding as the unfused encoder's bf16 one."""
     from autoannotate.runtime.cpu_kernels import OneDnnConv2dGelu, OneDnnLinearGelu
     from autoannotate.segmenters.sam import BoxSegmenter
 
@@ -371,4 +423,10 @@ def test_the_mobile_sam_encoder_is_fused_on_cpu_and_computes_what_it_did(mobile_
     assert [type(m) for m in plain.modules()].count(nn.BatchNorm2d) == 27
     x = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        torch.testing.assert_close(fused(x), plain(x), rtol=1e-4, atol=1e-4)
+        exact = plain(x)
+        torch.testing.assert_close(fused(x), exact, rtol=1e-4, atol=1e-4)
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # --half: as close to float32 as autocast unfused is
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                half_fused, half_plain = fused(x).float(), plain(x).float()
+            error, autocast_error = (float((h - exact).abs().mean()) for h in (half_fused, half_plain))
+            assert 0 < error <= 1.1 * autocast_error

@@ -22,8 +22,12 @@ folds each BatchNorm into the convolution before it, and lets oneDNN apply a GEL
 convolution or linear layer as that layer's post-op (``torch.ops.mkldnn._convolution_pointwise``), instead of two more
 passes over the activations. Measured on an AMD EPYC Zen 4 at one thread, float32, channels-last input as the
 segmenter feeds it: the MobileSAM encoder 1.90 s -> 1.64 s (4 runs each; BatchNorm 8% and GELU 13% of the
-profile before); the embedding within 8e-6 of the unfused model's. Under bf16 autocast the layers take PyTorch's
-own path (folded, GELU applied after): no change there.
+profile before); the embedding within 8e-6 of the unfused model's. Under bf16 autocast (``--half``) a fused layer
+casts its input, weight and bias to bf16 as autocast would and makes the same one oneDNN call in bf16, the GELU
+applied to the float32 accumulator before the output is rounded (autocast unfused rounds, then applies GELU in a
+second pass): encoder 0.79 -> 0.745 s per image on the Zen 4 VM, one thread (GELU 114 -> 20 ms in the profile),
+and no further from the float32 embedding than autocast's own bf16 (``tests/test_cpu_kernels.py``). The other
+routed layers leave autocast to PyTorch, whose bf16 matmuls already reach oneDNN.
 
 Only the model modules (``prompts/yolo.py``, ``segmenters/sam.py``: they own torch) import this module.
 ``onednn_for`` decides for both: on CPU only, on x86-64 by default; ``AUTOANNOTATE_CPU_KERNELS=default`` keeps
@@ -104,23 +108,47 @@ class OneDnnLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or not _float32_cpu_inference(x, self.weight):
             return F.linear(x, self.weight, self.bias)
-        return _linear_as_convolution(self, x, lambda nhwc, weight: torch.mkldnn_convolution(
+        return _linear_as_convolution(self, x, self.weight, lambda nhwc, weight: torch.mkldnn_convolution(
             nhwc, weight, self.bias, [0, 0], [1, 1], [1, 1], 1
         ))  # fmt: skip
 
 
 def _linear_as_convolution(
-    layer: nn.Linear, x: torch.Tensor, convolve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    layer: nn.Linear,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    convolve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """``layer`` applied to ``x`` as a oneDNN 1x1 convolution: ``convolve(nhwc, weight)`` gets ``x``'s rows as a
-    channels-last ``(1, C, 1, rows)`` view and the weight as ``(out, in, 1, 1)``."""
+    channels-last ``(1, C, 1, rows)`` view and ``weight`` (``layer``'s, perhaps cast) as ``(out, in, 1, 1)``."""
     in_features, out_features = layer.in_features, layer.out_features
     rows = x.reshape(-1, in_features)  # a view when x is contiguous, else one copy (as F.linear would make)
     # (rows, C) row-major is exactly NHWC with N = H = 1: a channels-last (1, C, 1, rows) view, no copy.
     nhwc = rows.view(1, 1, rows.shape[0], in_features).permute(0, 3, 1, 2)
-    out = convolve(nhwc, layer.weight.view(out_features, in_features, 1, 1))
+    out = convolve(nhwc, weight.view(out_features, in_features, 1, 1))
     # oneDNN keeps the channels-last layout: (1, out, 1, rows) with NHWC strides is (rows, out) row-major.
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], out_features)
+
+
+def _bf16_autocast_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether this call is CPU inference under bf16 autocast (``--half`` on a CPU) on a float32 or bf16 input."""
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and weight.dtype == torch.float32
+        and x.numel() > 0
+        and not torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def _in_bf16(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A layer's input, weight and bias cast to bf16, as autocast casts them."""
+    return x.to(torch.bfloat16), weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
 
 
 def _routed_padding(layer: nn.Conv2d, x: torch.Tensor) -> list[int] | None:
@@ -164,26 +192,46 @@ class LinearGelu(nn.Linear):
 
 class OneDnnConv2dGelu(Conv2dGelu):
     """``Conv2dGelu`` whose float32 CPU inference is one oneDNN convolution with GELU as its post-op (erf GELU for
-    ``"none"``, as ``F.gelu``'s default)."""
+    ``"none"``, as ``F.gelu``'s default); under bf16 autocast the same, in bf16 (see ``_bf16_autocast_inference``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding = _routed_padding(self, x)
-        if padding is None:
-            return super().forward(x)
+        if padding is not None:
+            return self._fused(x, self.weight, self.bias, padding)
+        if (
+            _bf16_autocast_inference(x, self.weight)
+            and x.dim() == 4
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
+            with torch.autocast("cpu", enabled=False):
+                return self._fused(*_in_bf16(x, self.weight, self.bias), list(self.padding))
+        return super().forward(x)
+
+    def _fused(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: list[int]
+    ) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.bias, padding, list(self.stride), list(self.dilation), self.groups,
+            x, weight, bias, padding, list(self.stride), list(self.dilation), self.groups,
             "gelu", [], self.gelu_approximate,
         )  # fmt: skip
 
 
 class OneDnnLinearGelu(LinearGelu):
-    """``LinearGelu`` whose float32 CPU inference is one oneDNN 1x1 convolution with a GELU post-op."""
+    """``LinearGelu`` whose float32 CPU inference is one oneDNN 1x1 convolution with a GELU post-op; under bf16
+    autocast the same, in bf16."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or not _float32_cpu_inference(x, self.weight):
-            return super().forward(x)
-        return _linear_as_convolution(self, x, lambda nhwc, weight: torch.ops.mkldnn._convolution_pointwise(
-            nhwc, weight, self.bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [], self.gelu_approximate
+        if x.dim() >= 2 and _float32_cpu_inference(x, self.weight):
+            return self._fused(x, self.weight, self.bias)
+        if x.dim() >= 2 and _bf16_autocast_inference(x, self.weight):
+            with torch.autocast("cpu", enabled=False):
+                return self._fused(*_in_bf16(x, self.weight, self.bias))
+        return super().forward(x)
+
+    def _fused(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return _linear_as_convolution(self, x, weight, lambda nhwc, w: torch.ops.mkldnn._convolution_pointwise(
+            nhwc, w, bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [], self.gelu_approximate
         ))  # fmt: skip
 
 
