@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from autoannotate.errors import ModelError, one_line
+from autoannotate.runtime.cpu_attention import chunk_window_attention
 from autoannotate.runtime.cpu_kernels import fuse_for_cpu, onednn_for, use_onednn
 from autoannotate.runtime.device import half_dtype, host_to_device, page_locked, release_device_memory
 from autoannotate.segmenters.base import BOX_PROMPTS, POINT_PROMPTS, SegmenterEntry
@@ -331,6 +332,7 @@ class BoxSegmenter:
             encoder = getattr(model, "image_encoder", None)
             if isinstance(encoder, torch.nn.Module):
                 fuse_for_cpu(encoder)  # BatchNorms folded, GELUs as oneDNN post-ops (TinyViT); checked per block
+                chunk_window_attention(encoder)  # TinyViT's windows attended a cache-sized group at a time
             use_onednn(model)
         return cls(model, half=half, variant=variant, weights_path=path)
 
