@@ -92,3 +92,12 @@ def test_the_cpu_mobile_sam_encoder_attends_in_chunks_and_computes_the_same(mobi
         chunked = encoder(x)
         assert unchunk_window_attention(encoder) == 10
         torch.testing.assert_close(encoder(x), chunked, rtol=0, atol=0)
+
+
+def test_chunking_does_not_depend_on_the_onednn_routing(mobile_sam_weights: Path) -> None:
+    """Bit-identical and about the cache, not the kernels: a CPU model left on PyTorch's own kernels (Arm's default,
+    or ``AUTOANNOTATE_CPU_KERNELS=default``) attends in chunks too."""
+    from autoannotate.segmenters.sam import BoxSegmenter
+
+    encoder = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=False).model.image_encoder
+    assert sum(type(m).__name__ == "ChunkedAttention" for m in encoder.modules()) == 10

@@ -305,6 +305,19 @@ def _random_statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def _stem_and_mbconv() -> nn.Sequential:
+    """A TinyViT-like stem (convolution, BatchNorm, GELU), an MBConv and a last convolution, random statistics."""
+    torch.manual_seed(0)
+    return _random_statistics(
+        nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)),
+            nn.GELU(),
+            MBConv(16),
+            nn.Conv2d(16, 16, 1),
+        )
+    )
+
+
 def test_fuse_for_cpu_folds_norms_fuses_gelus_and_computes_the_same(onednn_calls: list[tuple[int, ...]]) -> None:
     """BatchNorms fold into their convolutions, a GELU right after a convolution or linear layer becomes its oneDNN
     post-op (in a Sequential and in TinyViT's MBConv and MLP), a GELU after a residual sum or before its layer stays;
@@ -313,15 +326,7 @@ def test_fuse_for_cpu_folds_norms_fuses_gelus_and_computes_the_same(onednn_calls
 
     from autoannotate.runtime.cpu_kernels import Conv2dGelu, LinearGelu, OneDnnConv2dGelu, fuse_for_cpu
 
-    torch.manual_seed(0)
-    model = _random_statistics(
-        nn.Sequential(
-            nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)),
-            nn.GELU(),
-            MBConv(16),
-            nn.Conv2d(16, 16, 1),
-        )
-    )
+    model = _stem_and_mbconv()
     tokens = nn.Sequential(MLP(16), DecoyMLP(16)).eval()
     x, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 16)
     reference, reference_tokens = copy.deepcopy(model), copy.deepcopy(tokens)
@@ -368,15 +373,7 @@ def test_fused_layers_under_bf16_autocast_are_one_bf16_onednn_call_each_as_accur
 
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no bf16 in oneDNN")
-    torch.manual_seed(0)
-    model = _random_statistics(
-        nn.Sequential(
-            nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)),
-            nn.GELU(),
-            MBConv(16),
-            nn.Conv2d(16, 16, 1),
-        )
-    )
+    model = _stem_and_mbconv()
     tokens = nn.Sequential(MLP(16)).eval()
     x, t = torch.randn(2, 3, 32, 32), torch.randn(2, 9, 16)
     plain, plain_tokens = copy.deepcopy(model), copy.deepcopy(tokens)

@@ -18,10 +18,13 @@ forward. ``unchunk_window_attention`` changes the classes back. Only ``segmenter
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 import torch
 from torch import nn
+
+from autoannotate.runtime.cpu_kernels import swap_classes
 
 __all__ = ["CHUNK_BYTES", "chunk_window_attention", "unchunk_window_attention"]
 
@@ -33,8 +36,8 @@ CHUNK_BYTES = 1 << 20
 _ATTRIBUTES = ("norm", "qkv", "proj", "ab", "attention_biases", "num_heads", "key_dim", "d", "dh", "scale")
 
 _MAX_PROBE_WINDOWS = 257
-
-_CHUNKED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+# Set on each chunked class: the class it was made from (what ``unchunk_window_attention`` restores).
+_ORIGINAL = "_autoannotate_unchunked"
 
 
 def windows_per_chunk(heads: int, tokens: int, itemsize: int = 4) -> int:
@@ -62,12 +65,10 @@ def _chunked_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cast(torch.Tensor, layers.proj(attended.transpose(1, 2).reshape(windows, tokens, int(layers.dh))))
 
 
+@functools.cache
 def _chunked_class(original: type[nn.Module]) -> type[nn.Module]:
-    chunked = _CHUNKED_CLASSES.get(original)
-    if chunked is None:
-        chunked = type(f"Chunked{original.__name__}", (original,), {"forward": _chunked_forward})
-        _CHUNKED_CLASSES[original] = chunked
-    return chunked
+    """The subclass of ``original`` with the chunked forward (one per original class)."""
+    return type(f"Chunked{original.__name__}", (original,), {"forward": _chunked_forward, _ORIGINAL: original})
 
 
 def _is_window_attention(module: nn.Module) -> bool:
@@ -87,7 +88,7 @@ def chunk_window_attention(model: nn.Module) -> int:
     computes exactly what the module's own forward does on a probe input. Returns how many changed."""
     changed = 0
     for module in model.modules():
-        if type(module) in _CHUNKED_CLASSES.values() or not _is_window_attention(module):
+        if _ORIGINAL in type(module).__dict__ or not _is_window_attention(module):
             continue
         original = type(module)
         layers: Any = module
@@ -99,7 +100,7 @@ def chunk_window_attention(model: nn.Module) -> int:
             try:
                 probe = torch.randn(windows, tokens, channels, generator=generator).to(layers.ab.device)
                 before = module(probe)
-                module.__class__ = _chunked_class(original)
+                module.__class__ = _chunked_class(original)  # type: ignore[arg-type]
                 same = torch.equal(module(probe), before)
             except (RuntimeError, TypeError, ValueError, AttributeError):
                 same = False
@@ -112,11 +113,5 @@ def chunk_window_attention(model: nn.Module) -> int:
 
 def unchunk_window_attention(model: nn.Module) -> int:
     """Undo ``chunk_window_attention``. Returns how many modules changed back."""
-    originals = {chunked: original for original, chunked in _CHUNKED_CLASSES.items()}
-    changed = 0
-    for module in model.modules():
-        original = originals.get(type(module))
-        if original is not None:
-            module.__class__ = original
-            changed += 1
-    return changed
+    chunked = {type(module) for module in model.modules() if _ORIGINAL in type(module).__dict__}
+    return swap_classes(model, {cls: cls.__dict__[_ORIGINAL] for cls in chunked})

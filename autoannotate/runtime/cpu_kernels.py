@@ -56,6 +56,7 @@ __all__ = [
     "fuse_for_cpu",
     "onednn_for",
     "onednn_wanted",
+    "swap_classes",
     "use_default_kernels",
     "use_onednn",
 ]
@@ -244,7 +245,8 @@ _ROUTED: dict[type[nn.Module], type[nn.Module]] = {
 _DEFAULT: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _ROUTED.items()}
 
 
-def _swap_classes(model: nn.Module, table: Mapping[type[nn.Module], type[nn.Module]]) -> int:
+def swap_classes(model: nn.Module, table: Mapping[type[nn.Module], type[nn.Module]]) -> int:
+    """Change the class of every module in ``model`` whose exact class ``table`` maps, in place; how many changed."""
     swapped = 0
     for module in model.modules():
         # Exact type only: a subclass of Linear/Conv2d may have a forward of its own that must keep running.
@@ -263,12 +265,12 @@ def use_onednn(model: nn.Module) -> int:
     """
     if not torch.backends.mkldnn.is_available():
         return 0
-    return _swap_classes(model, _ROUTED)
+    return swap_classes(model, _ROUTED)
 
 
 def use_default_kernels(model: nn.Module) -> int:
     """Undo ``use_onednn``: the layers become plain ``nn.Linear``/``nn.Conv2d`` again. Returns how many changed."""
-    return _swap_classes(model, _DEFAULT)
+    return swap_classes(model, _DEFAULT)
 
 
 # --------------------------------------------------------------------------------------------------------------------

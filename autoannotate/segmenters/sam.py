@@ -328,12 +328,13 @@ class BoxSegmenter:
                 f"cannot move the SAM model to device {str(device)!r} ({one_line(err, 100)}); choose an available "
                 f"device (e.g. cpu)"
             ) from err
+        encoder = getattr(model, "image_encoder", None)
         if onednn_for(target, onednn):
-            encoder = getattr(model, "image_encoder", None)
             if isinstance(encoder, torch.nn.Module):
                 fuse_for_cpu(encoder)  # BatchNorms folded, GELUs as oneDNN post-ops (TinyViT); checked per block
-                chunk_window_attention(encoder)  # TinyViT's windows attended a cache-sized group at a time
             use_onednn(model)
+        if target.type == "cpu" and isinstance(encoder, torch.nn.Module):
+            chunk_window_attention(encoder)  # TinyViT's windows a cache-sized group at a time (any CPU: same output)
         return cls(model, half=half, variant=variant, weights_path=path)
 
     #: Box prompts, point prompts, and both together (``segmenters.base.prompt_kinds``).
