@@ -181,8 +181,9 @@ def encoder_settings(settings: OpenVinoSettings) -> OpenVinoSettings:
     unchanged, 8 streams of 2). OpenVINO runs MobileSAM's encoder on two threads 2.1x as fast as on one (measured on
     the Zen 4 VM: 0.525 s against 1.10 s), so an image is encoded in half the time for about the same throughput
     with two callers (fp32 1.71-1.98 images/s against 1.82-1.97 with two streams of one thread): the run's first
-    label comes sooner and its last image no longer leaves a core idle. The inference workers stay as many as before: while one waits for the encoder's stream
-    it detects, decodes or hands over its masks. The decoder's parts, short calls, keep one stream per worker."""
+    label comes sooner and its last image no longer leaves a core idle. The inference workers stay as many as
+    before: while one waits for the encoder's stream it detects, decodes or hands over its masks. The decoder's
+    parts, short calls, keep one stream per worker."""
     streams = max(1, min(settings.streams, settings.threads // ENCODER_THREADS_PER_STREAM))
     return dataclasses.replace(settings, streams=streams)
 
