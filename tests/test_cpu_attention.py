@@ -101,3 +101,26 @@ def test_chunking_does_not_depend_on_the_onednn_routing(mobile_sam_weights: Path
 
     encoder = BoxSegmenter.from_weights(mobile_sam_weights, "cpu", onednn=False).model.image_encoder
     assert sum(type(m).__name__ == "ChunkedAttention" for m in encoder.modules()) == 10
+
+
+def test_modules_of_one_class_and_shape_share_one_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three blocks, two shapes: two probes, all three chunked, each still bit-identical to its own forward."""
+    probes: list[int] = []
+    original = cpu_attention._chunks_exactly
+
+    def counting(module: nn.Module, *shape: int) -> bool:
+        probes.append(shape[0])
+        return original(module, *shape)
+
+    monkeypatch.setattr(cpu_attention, "_chunks_exactly", counting)
+    blocks = nn.Sequential(_attention(5, 14), _attention(5, 14), _attention(4, 7)).eval()
+    with torch.no_grad():  # a second block of the first shape with other weights
+        blocks[1].attention_biases.normal_()
+        blocks[1].qkv.weight.normal_()
+    blocks[1].train(False)  # recomputes its inference bias table from the new biases
+    x = [torch.randn(3, 196, 160), torch.randn(3, 196, 160), torch.randn(5, 49, 160)]
+    with torch.inference_mode():
+        want = [block(xi) for block, xi in zip(blocks, x, strict=True)]
+    assert chunk_window_attention(blocks) == 3 and probes == [5, 4]
+    with torch.inference_mode():
+        assert all(torch.equal(block(xi), w) for block, xi, w in zip(blocks, x, want, strict=True))

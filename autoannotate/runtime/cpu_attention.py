@@ -12,10 +12,11 @@ time.
 
 How: ``chunk_window_attention`` changes the class of each TinyViT ``Attention`` module (ultralytics'
 ``tiny_encoder.Attention`` and MobileSAM's reference, recognised by their attributes) to a subclass whose
-``forward`` runs the windows in groups whose scores fit ``CHUNK_BYTES``; each module's new forward is kept only if
-it gives exactly what the module's own forward gave on a probe input. Training, autograd and ``torch.export``
-(the OpenVINO conversion exports the module's own forward, so its cached graphs stay valid) take the module's own
-forward. ``unchunk_window_attention`` changes the classes back. Only ``segmenters/sam.py`` calls it, on CPU models.
+``forward`` runs the windows in groups whose scores fit ``CHUNK_BYTES``; the new forward is kept only where it
+gives exactly what the module's own forward gave on a probe input (one probe per class and shape). Training,
+autograd and ``torch.export`` (the OpenVINO conversion exports the module's own forward, so its cached graphs stay
+valid) take the module's own forward. ``unchunk_window_attention`` changes the classes back. Only
+``segmenters/sam.py`` calls it, on CPU models.
 """
 
 from __future__ import annotations
@@ -87,30 +88,42 @@ def _is_window_attention(module: nn.Module) -> bool:
 
 def chunk_window_attention(model: nn.Module) -> int:
     """Give every TinyViT attention module in ``model`` (in eval mode) the chunked forward, in place, where it
-    computes exactly what the module's own forward does on a probe input. Returns how many changed."""
+    computes exactly what the module's own forward does on a probe input. Modules of one class and shape share one
+    probe (MobileSAM: 3 probes for 10 modules, 75 ms at load on the Zen 4 VM, 150 ms with one each): whether the
+    two forwards agree depends on the operations and shapes, not on the weights. Returns how many changed."""
+    verdicts: dict[tuple[Any, ...], bool] = {}
     changed = 0
     for module in model.modules():
         if _ORIGINAL in type(module).__dict__ or not _is_window_attention(module):
             continue
-        original = type(module)
         layers: Any = module
-        heads, tokens, channels = int(layers.ab.shape[0]), int(layers.ab.shape[-1]), layers.norm.normalized_shape[0]
-        # windows for two chunks and part of a third (a chunk holds 1 to 53 of MobileSAM's windows)
-        windows = min(2 * windows_per_chunk(heads, tokens) + 1, _MAX_PROBE_WINDOWS)
-        generator = torch.Generator().manual_seed(0)
-        with torch.inference_mode():
-            try:
-                probe = torch.randn(windows, tokens, channels, generator=generator).to(layers.ab.device)
-                before = module(probe)
-                module.__class__ = _chunked_class(original)  # type: ignore[arg-type]
-                same = torch.equal(module(probe), before)
-            except (RuntimeError, TypeError, ValueError, AttributeError):
-                same = False
-        if same:
+        shape = (int(layers.ab.shape[0]), int(layers.ab.shape[-1]), int(layers.norm.normalized_shape[0]))
+        key = (type(module), *shape, layers.ab.device)
+        if key not in verdicts:
+            verdicts[key] = _chunks_exactly(module, *shape)
+        if verdicts[key]:
+            module.__class__ = _chunked_class(type(module))  # type: ignore[arg-type]
             changed += 1
-        else:
-            module.__class__ = original
     return changed
+
+
+def _chunks_exactly(module: nn.Module, heads: int, tokens: int, channels: int) -> bool:
+    """Whether ``module`` with the chunked forward gives exactly its own forward's output on a probe input (the
+    module is left with its own class)."""
+    original = type(module)
+    # windows for two chunks and part of a third (a chunk holds 1 to 53 of MobileSAM's windows)
+    windows = min(2 * windows_per_chunk(heads, tokens) + 1, _MAX_PROBE_WINDOWS)
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        try:
+            probe = torch.randn(windows, tokens, channels, generator=generator).to(cast(Any, module).ab.device)
+            before = module(probe)
+            module.__class__ = _chunked_class(original)  # type: ignore[arg-type]
+            return torch.equal(module(probe), before)
+        except (RuntimeError, TypeError, ValueError, AttributeError):
+            return False
+        finally:
+            module.__class__ = original
 
 
 def unchunk_window_attention(model: nn.Module) -> int:

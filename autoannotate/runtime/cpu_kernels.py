@@ -90,15 +90,17 @@ def onednn_for(device: torch.device, requested: bool | None = None) -> bool:
     return onednn_wanted() if requested is None else requested
 
 
+def _cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A non-empty call on CPU tensors with autograd off."""
+    return x.device.type == "cpu" and weight.device.type == "cpu" and x.numel() > 0 and not torch.is_grad_enabled()
+
+
 def _float32_cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether this call may take the oneDNN route: float32 CPU tensors, no autocast, no autograd, non-empty."""
     return (
-        x.device.type == "cpu"
-        and weight.device.type == "cpu"
+        _cpu_inference(x, weight)
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.numel() > 0
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
     )
 
@@ -134,12 +136,9 @@ def _linear_as_convolution(
 def _bf16_autocast_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether this call is CPU inference under bf16 autocast (``--half`` on a CPU) on a float32 or bf16 input."""
     return (
-        x.device.type == "cpu"
-        and weight.device.type == "cpu"
+        _cpu_inference(x, weight)
         and x.dtype in (torch.float32, torch.bfloat16)
         and weight.dtype == torch.float32
-        and x.numel() > 0
-        and not torch.is_grad_enabled()
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
     )
@@ -152,13 +151,19 @@ def _in_bf16(
     return x.to(torch.bfloat16), weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
 
 
-def _routed_padding(layer: nn.Conv2d, x: torch.Tensor) -> list[int] | None:
-    """``layer``'s padding when ``layer(x)`` may take the oneDNN route (a 4-D float32 inference call with zero,
-    explicit padding), else None."""
+def _explicit_padding(layer: nn.Conv2d, x: torch.Tensor) -> list[int] | None:
+    """``layer``'s padding when oneDNN's convolution can express ``layer(x)`` (4-D input, zero and explicit
+    padding), else None."""
     padding = layer.padding
     if x.dim() != 4 or layer.padding_mode != "zeros" or isinstance(padding, str):
         return None
-    return list(padding) if _float32_cpu_inference(x, layer.weight) else None
+    return list(padding)
+
+
+def _routed_padding(layer: nn.Conv2d, x: torch.Tensor) -> list[int] | None:
+    """``layer``'s padding when ``layer(x)`` may take the oneDNN route (a 4-D float32 inference call with zero,
+    explicit padding), else None."""
+    return _explicit_padding(layer, x) if _float32_cpu_inference(x, layer.weight) else None
 
 
 class OneDnnConv2d(nn.Conv2d):
@@ -196,17 +201,12 @@ class OneDnnConv2dGelu(Conv2dGelu):
     ``"none"``, as ``F.gelu``'s default); under bf16 autocast the same, in bf16 (see ``_bf16_autocast_inference``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding = _routed_padding(self, x)
-        if padding is not None:
+        padding = _explicit_padding(self, x)
+        if padding is not None and _float32_cpu_inference(x, self.weight):
             return self._fused(x, self.weight, self.bias, padding)
-        if (
-            _bf16_autocast_inference(x, self.weight)
-            and x.dim() == 4
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-        ):
+        if padding is not None and _bf16_autocast_inference(x, self.weight):
             with torch.autocast("cpu", enabled=False):
-                return self._fused(*_in_bf16(x, self.weight, self.bias), list(self.padding))
+                return self._fused(*_in_bf16(x, self.weight, self.bias), padding)
         return super().forward(x)
 
     def _fused(
