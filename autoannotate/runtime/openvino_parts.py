@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -52,6 +53,7 @@ __all__ = [
 #: Environment variable naming the cache root (default ``$XDG_CACHE_HOME/autoannotate``, else ``~/.cache/...``).
 CACHE_ENV_VAR = "AUTOANNOTATE_CACHE_DIR"
 _MODEL_FILE = "model.xml"
+_BLOB_LOCK = ".lock"  # in each compiled-blob folder: held while OpenVINO reads or writes a blob there
 
 
 class OpenVinoUnavailable(ModelError):
@@ -224,10 +226,23 @@ def _compile(core: Any, model: Any, settings: OpenVinoSettings) -> Any:
     # encoder, so a bf16 compile imported the float32 blob and gave all-NaN embeddings, 1.7x slower than f32
     # (measured; the tiny test part gets two keys, the encoder one).
     blobs = settings.cache_root / "openvino" / "compiled" / settings.precision
-    with contextlib.suppress(OSError):  # compiled for this CPU: the next compile of it takes a fraction
+    try:  # compiled for this CPU: the next compile of it takes a fraction
         blobs.mkdir(parents=True, exist_ok=True)
-        config["CACHE_DIR"] = str(blobs)
-    return core.compile_model(model, "CPU", config)
+        lock = os.open(blobs / _BLOB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # an unwritable cache: compile without it
+        return core.compile_model(model, "CPU", config)
+    try:
+        # OpenVINO's blob cache is not safe across processes: while one process writes a blob, another can read
+        # the half-written file, fail to import it and delete it; the writer's compile then raises "cannot set
+        # permissions: No such file" (measured: 1-3 of 400 concurrent compiles failed, each run falling back to
+        # PyTorch). Only the compile holds the lock; the runs themselves share nothing.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: compile without the blob cache rather than race on it
+            return core.compile_model(model, "CPU", config)
+        return core.compile_model(model, "CPU", {**config, "CACHE_DIR": str(blobs)})
+    finally:
+        os.close(lock)  # releases the lock
 
 
 def compile_part(
