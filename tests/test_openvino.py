@@ -104,6 +104,23 @@ def _tiny_part(tmp_path: Path) -> tuple[_Tiny, tuple[torch.Tensor, torch.Tensor]
     return module, inputs, spec, OpenVinoSettings("f32", 1, 1, tmp_path / "cache")
 
 
+class _Wide(torch.nn.Module):
+    """A part whose compiled blob is 4 MB: long enough to write that concurrent compiles overlap its writing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Linear(16, 1024), torch.nn.Linear(1024, 1024)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def _wide_part(root: Path) -> tuple[_Wide, tuple[torch.Tensor], PartSpec, OpenVinoSettings]:
+    spec = PartSpec("wide/part", "00" * 32, 1, ((-1, -1, 16),))
+    return _Wide().eval(), (torch.randn(2, 5, 16),), spec, OpenVinoSettings("f32", 1, 1, root / "cache")
+
+
 def test_part_converts_once_then_loads_from_the_cache_and_matches_torch(tmp_path: Path) -> None:
     module, inputs, spec, settings = _tiny_part(tmp_path)
     first = compile_part(module, inputs, spec, settings)
@@ -162,12 +179,12 @@ def test_concurrent_processes_converting_one_part_share_one_cache_entry(tmp_path
 
 
 def test_concurrent_compiles_never_break_on_openvinos_blob_cache(tmp_path: Path) -> None:
-    """Four processes compile the same converted part 100 times each, out of step by up to 8 ms, each round into a
-    fresh blob folder. OpenVINO's blob cache is not safe across processes (one deletes a blob another is still
-    writing, whose compile then fails with "cannot set permissions"): without the compile lock 1-3 of the 400
-    compiles failed here, and the run fell back to PyTorch. None may fail, and none may skip the blob cache."""
+    """Four processes compile the same converted 4 MB part 100 times each, out of step by up to 8 ms, each round into
+    a fresh blob folder. OpenVINO's blob cache is not safe across processes: without the compile lock 5 of the 400
+    compiles failed ("cannot set permissions": the run falls back to PyTorch) in each of two runs, and in two runs of
+    four a process died (SIGBUS). None may fail or die, and each round's blob is written and kept."""
     rounds, processes = 100, 4
-    module, inputs, spec, settings = _tiny_part(tmp_path / "seed")
+    module, inputs, spec, settings = _wide_part(tmp_path / "seed")
     compile_part(module, inputs, spec, settings)
     converted = part_cache_dir(spec, settings.cache_root, str(openvino_version()))
     for i in range(rounds):  # the conversion is done: every round only compiles
@@ -177,14 +194,16 @@ def test_concurrent_compiles_never_break_on_openvinos_blob_cache(tmp_path: Path)
         import random, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
-        from test_openvino import _tiny_part
+        from test_openvino import _wide_part
         from autoannotate.runtime.openvino_parts import OpenVinoUnavailable, compile_part
         base, me, failed = Path({str(tmp_path)!r}), sys.argv[1], 0
         for i in range({rounds}):
-            module, inputs, spec, settings = _tiny_part(base / f"round{{i}}")
+            module, inputs, spec, settings = _wide_part(base / f"round{{i}}")
             (base / f"ready-{{i}}-{{me}}").touch()
+            give_up = time.monotonic() + 120  # a process that died never arrives
             while len(list(base.glob(f"ready-{{i}}-*"))) < {processes}:
-                pass
+                if time.monotonic() > give_up:
+                    sys.exit(f"round {{i}}: the other processes never arrived")
             random.seed(f"{{me}}-{{i}}")
             end = time.perf_counter() + random.random() * 0.008
             while time.perf_counter() < end:
@@ -204,7 +223,7 @@ def test_concurrent_compiles_never_break_on_openvinos_blob_cache(tmp_path: Path)
     outputs = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0] * processes
     assert outputs == ["0"] * processes
-    for i in range(rounds):  # each round's blob was written once and kept
+    for i in range(rounds):
         assert len(list((tmp_path / f"round{i}" / "cache" / "openvino" / "compiled" / "f32").glob("*.blob"))) == 1
 
 
