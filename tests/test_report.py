@@ -7,6 +7,7 @@ used): they skip where either is missing, and fail instead when ``CI=true`` (CI 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -306,6 +307,26 @@ def _chromium() -> str:
     return executable
 
 
+def _wait_for_mark(page: Any, name: str, timeout_s: float = 30.0) -> None:
+    """Wait until the page's script has set the performance mark ``name``.
+
+    Not ``page.wait_for_function``: it re-evaluates its predicate string with ``eval`` on each later poll, which the
+    report's Content-Security-Policy rightly blocks (no 'unsafe-eval'), so it failed whenever the mark came after
+    the first poll (on a slower machine). This polls inside one evaluated function, with no string evaluation."""
+    page.evaluate(
+        """([name, timeoutMs]) => new Promise((resolve, reject) => {
+            const deadline = performance.now() + timeoutMs;
+            const check = () => {
+                if (performance.getEntriesByName(name).length > 0) resolve(true);
+                else if (performance.now() > deadline) reject(new Error(`no performance mark ${name}`));
+                else setTimeout(check, 20);
+            };
+            check();
+        })""",
+        [name, timeout_s * 1000],
+    )
+
+
 @pytest.fixture(scope="module")
 def opened_report(tmp_path_factory: pytest.TempPathFactory):
     """The report of ``_browser_run`` open in headless Chromium, with every console message, page error, request
@@ -326,8 +347,37 @@ def opened_report(tmp_path_factory: pytest.TempPathFactory):
             page.on("request", lambda r: seen["requests"].append(r.url))
             page.on("dialog", lambda d: (seen["dialogs"].append(d.message), d.dismiss()))
             page.goto(path.as_uri(), wait_until="load")
-            page.wait_for_function("performance.getEntriesByName('gallery-decoded').length > 0")
+            _wait_for_mark(page, "gallery-decoded")
             yield page, path, seen
+        finally:
+            browser.close()
+
+
+def test_browser_waits_for_a_late_mark_under_a_strict_csp(tmp_path):
+    """The fixture's wait works when the mark comes after the first poll, under a CSP like the report's (the way
+    ``page.wait_for_function`` failed on CI); and it gives up with an error on a mark that never comes."""
+    executable = _chromium()
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    script = "setTimeout(() => performance.mark('late'), 300);"
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    page_path = tmp_path / "late.html"
+    page_path.write_text(
+        '<!doctype html><html><head><meta http-equiv="Content-Security-Policy" '
+        f"content=\"default-src 'none'; script-src 'sha256-{digest}'\"></head>"
+        f"<body><script>{script}</script></body></html>"
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable)
+        try:
+            page = browser.new_page()
+            page.goto(page_path.as_uri(), wait_until="load")
+            assert page.evaluate("performance.getEntriesByName('late').length") == 0
+            _wait_for_mark(page, "late")
+            assert page.evaluate("performance.getEntriesByName('late').length") == 1
+            with pytest.raises(PlaywrightError, match="no performance mark never"):
+                _wait_for_mark(page, "never", timeout_s=0.2)
         finally:
             browser.close()
 
